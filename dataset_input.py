@@ -1,0 +1,327 @@
+"""Binary-record input for mnist and cifar10, its validation, and the data converters.
+
+Record formats (SPEC.md section 4):
+  mnist:   float32 little-endian records of 785 values: label (0..9), then 784 pixels in [0, 1].
+  cifar10: the standard CIFAR-10 binary version, 3073 bytes: label byte, then 1024 R, G, B bytes.
+Every image delivered by this module is NHWC float32 in [-0.5, 0.5]; labels are one-hot [N, 10].
+
+Converters (write `data_train.bin` and `data_test.bin` in the mnist format):
+  python dataset_input.py --convert=mnist_idx --idx_dir=DIR --out_dir=DIR
+  python dataset_input.py --convert=digits --out_dir=DIR
+"""
+import collections
+import glob
+import gzip
+import os
+import struct
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+import io_utils
+
+NUM_CLASSES = 10
+
+# The dataset table: the one place that knows image size, record layout, preprocessing and the
+# learning-rate schedule of each data set.
+DatasetSpec = collections.namedtuple('DatasetSpec', [
+    'name', 'image_size', 'channels', 'record_dtype', 'record_values', 'pixel_scale',
+    'augment', 'lr_boundaries', 'lr_values', 'test_file'])
+
+DATASETS = {
+    'mnist': DatasetSpec(
+        name='mnist', image_size=28, channels=1, record_dtype=np.dtype('<f4'),
+        record_values=1 + 28 * 28, pixel_scale=1.0, augment=False,
+        lr_boundaries=(10000, 15000, 20000), lr_values=(0.1, 0.01, 0.001, 0.0001),
+        test_file='data_test.bin'),
+    'cifar10': DatasetSpec(
+        name='cifar10', image_size=32, channels=3, record_dtype=np.dtype('u1'),
+        record_values=1 + 32 * 32 * 3, pixel_scale=255.0, augment=True,
+        lr_boundaries=(40000, 60000, 80000), lr_values=(0.1, 0.01, 0.001, 0.0001),
+        test_file='test_batch.bin'),
+}
+
+
+class DataError(ValueError):
+  """A data file or pattern that cannot be used; the message names the file and the problem."""
+
+
+def get_spec(dataset):
+  """Returns the DatasetSpec of `dataset`, or raises DataError listing the known names."""
+  if dataset not in DATASETS:
+    raise DataError('unknown --dataset=%r; expected one of: %s'
+                    % (dataset, ', '.join(sorted(DATASETS))))
+  return DATASETS[dataset]
+
+
+def record_bytes(spec):
+  return spec.record_values * spec.record_dtype.itemsize
+
+
+def image_shape(spec):
+  return (spec.image_size, spec.image_size, spec.channels)
+
+
+def _expand(pattern):
+  """Comma-separated glob patterns -> sorted file list; DataError when nothing matches."""
+  files = []
+  for part in [p for p in str(pattern).split(',') if p.strip()]:
+    files.extend(sorted(glob.glob(part.strip())))
+  if not files:
+    raise DataError('no data file matches the pattern %r' % pattern)
+  return files
+
+
+def _read_records(path, spec):
+  """Reads one file as a [num_records, record_values] array, checking its size."""
+  size = os.path.getsize(path)
+  rb = record_bytes(spec)
+  if size == 0 or size % rb:
+    raise DataError(
+        '%s: size %d bytes is not a whole number of %s records (%d bytes each); '
+        'is it a %s file?' % (path, size, spec.name, rb, spec.name))
+  return np.fromfile(path, dtype=spec.record_dtype).reshape(-1, spec.record_values)
+
+
+def _check_records(path, spec, records):
+  """Label range and (mnist) pixel range checks, vectorized over the file."""
+  labels = records[:, 0]
+  bad = np.flatnonzero(~np.isin(labels, np.arange(NUM_CLASSES)))
+  if bad.size:
+    raise DataError('%s: record %d has label %r, outside 0..9 (%d bad labels)'
+                    % (path, bad[0], labels[bad[0]].item(), bad.size))
+  if spec.record_dtype.kind == 'f':
+    pixels = records[:, 1:]
+    finite = np.isfinite(pixels)
+    if not finite.all():
+      rec = np.flatnonzero(~finite.all(axis=1))[0]
+      raise DataError('%s: record %d has non-finite pixels' % (path, rec))
+    outside = (pixels < 0.0) | (pixels > 1.0)
+    if outside.any():
+      rec = np.flatnonzero(outside.any(axis=1))[0]
+      raise DataError('%s: record %d has pixels outside [0, 1] (min %g, max %g)'
+                      % (path, rec, pixels.min(), pixels.max()))
+
+
+def validate_files(dataset, pattern):
+  """Checks every file matching `pattern` before any graph runs; returns the file list.
+
+  Raises:
+    DataError: unknown dataset, no matching file, a size that is not a whole number of
+      records, a label outside 0..9, or mnist pixels outside [0, 1] or not finite.
+  """
+  spec = get_spec(dataset)
+  files = _expand(pattern)
+  for path in files:
+    _check_records(path, spec, _read_records(path, spec))
+  return files
+
+
+def _records_to_images(spec, pixels):
+  """Raw record pixels [N, values-1] -> NHWC float32 in [-0.5, 0.5] (numpy)."""
+  n = pixels.shape[0]
+  x = pixels.astype(np.float32)
+  if spec.channels == 1:
+    x = x.reshape(n, spec.image_size, spec.image_size, 1)
+  else:  # channel-major on disk
+    x = x.reshape(n, spec.channels, spec.image_size, spec.image_size).transpose(0, 2, 3, 1)
+  return x / spec.pixel_scale - 0.5
+
+
+def load_arrays(dataset, pattern, max_examples=None):
+  """Validates and loads files in their fixed order.
+
+  Returns:
+    images: float32 [N, H, W, C] in [-0.5, 0.5]; labels: int64 [N] in 0..9.
+  """
+  spec = get_spec(dataset)
+  images, labels = [], []
+  for path in validate_files(dataset, pattern):
+    records = _read_records(path, spec)
+    images.append(_records_to_images(spec, records[:, 1:]))
+    labels.append(records[:, 0].astype(np.int64))
+  images, labels = np.concatenate(images), np.concatenate(labels)
+  if max_examples is not None:
+    images, labels = images[:max_examples], labels[:max_examples]
+  return images, labels
+
+
+def _parse_fn(spec, train):
+  """Builds the tf.data map function: raw record -> (image [H,W,C] in [-0.5,0.5], one-hot)."""
+  size, channels = spec.image_size, spec.channels
+  tf_dtype = tf.float32 if spec.record_dtype.kind == 'f' else tf.uint8
+
+  def parse(record):
+    values = tf.io.decode_raw(record, tf_dtype, little_endian=True)
+    label = tf.cast(values[0], tf.int32)
+    pixels = tf.cast(values[1:], tf.float32)
+    if channels == 1:
+      image = tf.reshape(pixels, [size, size, 1])
+    else:
+      image = tf.transpose(tf.reshape(pixels, [channels, size, size]), [1, 2, 0])
+    if train and spec.augment:
+      image = tf.image.resize_with_crop_or_pad(image, size + 4, size + 4)
+      image = tf.image.random_crop(image, [size, size, channels])
+      image = tf.image.random_flip_left_right(image)
+    image = image / spec.pixel_scale - 0.5
+    return image, tf.one_hot(label, NUM_CLASSES, dtype=tf.float32)
+
+  return parse
+
+
+def make_dataset(dataset, pattern, batch_size, train, seed=None, files=None):
+  """tf.data pipeline over the files matching `pattern` (validated first).
+
+  Args:
+    dataset: 'mnist' or 'cifar10'.
+    pattern: glob pattern(s), comma-separated.
+    batch_size: images per batch.
+    train: True -> shuffled, repeated, augmented (cifar10), whole batches only;
+      False -> one pass in the files' fixed order, last batch may be smaller.
+    seed: shuffle/augmentation seed (training).
+    files: an already validated file list (skips validation).
+
+  Returns:
+    A Dataset of (images [B,H,W,C] float32 in [-0.5, 0.5], labels [B,10] one-hot).
+  """
+  spec = get_spec(dataset)
+  files = files or validate_files(dataset, pattern)
+  ds = tf.data.FixedLengthRecordDataset(files, record_bytes(spec))
+  if train:
+    ds = ds.shuffle(10000, seed=seed, reshuffle_each_iteration=True).repeat()
+  ds = ds.map(_parse_fn(spec, train), num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=not train)
+  ds = ds.batch(batch_size, drop_remainder=train)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def build_input(dataset, pattern, batch_size, mode, seed=None):
+  """Graph-mode (images, labels) tensors from a one-shot iterator; mode 'train' or 'eval'."""
+  ds = make_dataset(dataset, pattern, batch_size, train=(mode == 'train'), seed=seed)
+  images, labels = tf.compat.v1.data.make_one_shot_iterator(ds).get_next()
+  spec = get_spec(dataset)
+  images.set_shape([batch_size if mode == 'train' else None] + list(image_shape(spec)))
+  labels.set_shape([images.shape[0], NUM_CLASSES])
+  return images, labels
+
+
+def default_test_pattern(dataset, train_pattern):
+  """The test file beside the first training file (e.g. data_test.bin), or None if absent."""
+  try:
+    first = _expand(train_pattern)[0]
+  except DataError:
+    return None
+  candidate = os.path.join(os.path.dirname(first), get_spec(dataset).test_file)
+  return candidate if os.path.exists(candidate) else None
+
+
+# ----------------------------------------------------------------------------- converters
+
+def write_mnist_records(path, images, labels):
+  """Writes mnist-format records atomically.
+
+  Args:
+    path: output file.
+    images: [N, 28, 28] or [N, 784] floats in [0, 1].
+    labels: [N] ints in 0..9.
+  """
+  images = np.asarray(images, np.float32).reshape(len(labels), -1)
+  labels = np.asarray(labels)
+  if images.shape[1] != 784:
+    raise DataError('%s: images must have 784 pixels, got %d' % (path, images.shape[1]))
+  records = np.concatenate([labels.astype(np.float32)[:, None], images], axis=1)
+  io_utils.atomic_write_bytes(path, records.astype('<f4').tobytes())
+
+
+def _open_maybe_gz(path):
+  return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
+
+
+def read_idx(path):
+  """Reads an IDX file (optionally gzipped) into a uint8 array of its declared shape."""
+  with _open_maybe_gz(path) as f:
+    data = f.read()
+  if len(data) < 4:
+    raise DataError('%s: too short to be an IDX file' % path)
+  zero, dtype_code, ndim = struct.unpack('>HBB', data[:4])
+  if zero != 0 or dtype_code != 0x08:
+    raise DataError('%s: not an unsigned-byte IDX file (magic %r)' % (path, data[:4]))
+  dims = struct.unpack('>' + 'I' * ndim, data[4:4 + 4 * ndim])
+  body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+  if body.size != int(np.prod(dims)):
+    raise DataError('%s: holds %d values, its header declares %s' % (path, body.size, dims))
+  return body.reshape(dims)
+
+
+def _find_idx(idx_dir, prefix, kind):
+  for suffix in ('', '.gz'):
+    for sep in ('-', '.'):
+      path = os.path.join(idx_dir, '%s%s%s%s' % (prefix, sep, kind, suffix))
+      if os.path.exists(path):
+        return path
+  raise DataError('no %s-%s[.gz] file in %s' % (prefix, kind, idx_dir))
+
+
+def convert_mnist_idx(idx_dir, out_dir):
+  """Standard MNIST IDX files in `idx_dir` -> data_train.bin / data_test.bin in `out_dir`."""
+  io_utils.makedirs(out_dir)
+  for prefix, out_name in (('train', 'data_train.bin'), ('t10k', 'data_test.bin')):
+    images = read_idx(_find_idx(idx_dir, prefix + '-images', 'idx3-ubyte'))
+    labels = read_idx(_find_idx(idx_dir, prefix + '-labels', 'idx1-ubyte'))
+    if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
+      raise DataError('%s: %s images vs %s labels' % (idx_dir, images.shape, labels.shape))
+    write_mnist_records(os.path.join(out_dir, out_name), images / 255.0, labels)
+
+
+def digits_arrays(test_fraction=0.2, seed=0):
+  """scikit-learn's bundled digits, resized to 28x28 in [0, 1], split with a fixed seed.
+
+  The 8x8 images are upsampled bilinearly to 20x20 and centred in 28x28, like MNIST's
+  20x20 digit box. Returns (train_images, train_labels, test_images, test_labels).
+  """
+  from scipy import ndimage  # scipy ships with scikit-learn
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  small = digits.images.astype(np.float64) / 16.0
+  big = ndimage.zoom(small, (1, 20 / 8, 20 / 8), order=1)
+  images = np.zeros((len(small), 28, 28), np.float32)
+  images[:, 4:24, 4:24] = np.clip(big, 0.0, 1.0)
+  order = np.random.RandomState(seed).permutation(len(images))
+  n_test = int(round(len(images) * test_fraction))
+  test, train = order[:n_test], order[n_test:]
+  return images[train], digits.target[train], images[test], digits.target[test]
+
+
+def convert_digits(out_dir):
+  """Writes the bundled digits data set (train 1438, test 359) in the mnist format."""
+  io_utils.makedirs(out_dir)
+  x_tr, y_tr, x_te, y_te = digits_arrays()
+  write_mnist_records(os.path.join(out_dir, 'data_train.bin'), x_tr, y_tr)
+  write_mnist_records(os.path.join(out_dir, 'data_test.bin'), x_te, y_te)
+
+
+def main(argv):
+  del argv
+  flags = tf.compat.v1.app.flags.FLAGS
+  if flags.convert == 'mnist_idx':
+    if not flags.idx_dir:
+      raise DataError('--convert=mnist_idx needs --idx_dir')
+    convert_mnist_idx(flags.idx_dir, flags.out_dir)
+  else:
+    convert_digits(flags.out_dir)
+  for name in ('data_train.bin', 'data_test.bin'):
+    path = os.path.join(flags.out_dir, name)
+    print('wrote %s (%d records)' % (path, os.path.getsize(path) // record_bytes(DATASETS['mnist'])))
+
+
+if __name__ == '__main__':
+  _flags = tf.compat.v1.app.flags
+  _flags.DEFINE_enum('convert', None, ['mnist_idx', 'digits'], 'Which converter to run.')
+  _flags.DEFINE_string('idx_dir', '', 'Folder with the MNIST IDX files (for mnist_idx).')
+  _flags.DEFINE_string('out_dir', None, 'Where data_train.bin and data_test.bin are written.')
+  _flags.mark_flags_as_required(['convert', 'out_dir'])
+  try:
+    tf.compat.v1.app.run(main)
+  except DataError as e:
+    sys.exit('error: %s' % e)

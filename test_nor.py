@@ -1,0 +1,118 @@
+"""Clean ("normal setting") precision of the checkpoints in --log_root.
+
+  python test_nor.py --eval_data_path='mnist_dataset/data_test.bin' \\
+    --log_root=models_mnist/resnet32 --eval_dir=models_mnist/resnet32/eval --dataset='mnist' \\
+    --num_gpus=1 --num_residual_units=5 --mode=eval --RCE_train=True
+
+Evaluates --eval_batch_count batches of --eval_batch_size test images with the RCE flip for
+RCE models. With --eval_once it evaluates the latest checkpoint once (an error if there is
+none); otherwise it polls --log_root for new checkpoints, sleeping between polls.
+"""
+import os
+import sys
+import time
+
+from absl import logging
+import tensorflow as tf
+
+import checkpoints
+import common_flags
+import dataset_input
+import resnet_model
+import training
+
+tf1 = tf.compat.v1
+FLAGS = common_flags.FLAGS
+
+
+def define_flags():
+  common_flags.define_base_flags()
+  common_flags.define_eval_flags()
+
+
+class Evaluator(object):
+  """The eval graph, built once: a re-initializable pass over the test files."""
+
+  def __init__(self, hps, dataset, pattern, batch_size):
+    files = dataset_input.validate_files(dataset, pattern)
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      ds = dataset_input.make_dataset(dataset, pattern, batch_size, train=False, files=files)
+      self.iterator = tf1.data.make_initializable_iterator(ds)
+      images, labels = self.iterator.get_next()
+      logits, _, _ = resnet_model.build_network(hps, images, 'eval')
+      predicted = tf.argmax(resnet_model.flip_logits(logits, hps.RCE_train), axis=1)
+      self.correct = tf.reduce_sum(
+          tf.cast(tf.equal(predicted, tf.argmax(labels, axis=1)), tf.int64))
+      self.count = tf.shape(labels, out_type=tf.int64)[0]
+      self.variables = resnet_model.model_variables()
+
+  def evaluate(self, ckpt, batch_count, config=None):
+    """(precision, images evaluated, checkpoint step) of checkpoint `ckpt`."""
+    with tf1.Session(graph=self.graph, config=config) as sess:
+      step = checkpoints.restore(sess, ckpt, self.variables)
+      sess.run(self.iterator.initializer)
+      correct = total = batches = 0
+      for _ in range(batch_count):
+        try:
+          c, n = sess.run([self.correct, self.count])
+        except tf.errors.OutOfRangeError:
+          break
+        correct, total, batches = correct + c, total + n, batches + 1
+    if batches < batch_count:
+      logging.warning('the test files hold %d batches, fewer than --eval_batch_count=%d: '
+                      'evaluated %d images', batches, batch_count, total)
+    return correct / max(total, 1), total, step
+
+
+def _summary(writer, step, precision, best):
+  writer.add_summary(tf1.Summary(value=[
+      tf1.Summary.Value(tag='precision', simple_value=precision),
+      tf1.Summary.Value(tag='best_precision', simple_value=best)]), step)
+  writer.flush()
+
+
+def evaluate():
+  common_flags.check_mode(['eval'], 'test_nor.py')
+  hps = common_flags.hparams_from_flags(FLAGS.eval_batch_size)
+  if FLAGS.eval_once:
+    checkpoints.require_checkpoint(FLAGS.log_root)
+  evaluator = Evaluator(hps, FLAGS.dataset, FLAGS.eval_data_path, FLAGS.eval_batch_size)
+  _, config = training.tower_devices(min(FLAGS.num_gpus, 1))
+  eval_dir = FLAGS.eval_dir or os.path.join(FLAGS.log_root, 'eval')
+  writer = tf1.summary.FileWriter(eval_dir)
+  best, last_ckpt = 0.0, None
+  while True:
+    ckpt = checkpoints.latest_checkpoint(FLAGS.log_root)
+    if ckpt is None or ckpt == last_ckpt:
+      logging.info('no new checkpoint in %s; sleeping %d s', FLAGS.log_root,
+                   FLAGS.eval_interval_secs)
+      time.sleep(FLAGS.eval_interval_secs)
+      continue
+    precision, total, step = evaluator.evaluate(ckpt, FLAGS.eval_batch_count, config)
+    best = max(best, precision)
+    last_ckpt = ckpt
+    _summary(writer, step, precision, best)
+    logging.info('step %d: precision %.4f, best precision %.4f (%d images)', step, precision,
+                 best, total)
+    print('precision: %.4f, best precision: %.4f, images: %d, step: %d'
+          % (precision, best, total, step))
+    sys.stdout.flush()
+    if FLAGS.eval_once:
+      writer.close()
+      return precision
+
+
+def main(argv):
+  del argv
+  try:
+    evaluate()
+  except (dataset_input.DataError, checkpoints.CheckpointError, ValueError) as e:
+    sys.exit('error: %s' % e)
+
+
+if __name__ == '__main__':
+  define_flags()
+  tf1.disable_eager_execution()
+  logging.set_verbosity(logging.INFO)
+  tf1.app.run(main)

@@ -1,0 +1,361 @@
+"""Tests of detection.py against brute-force references (seeded, CPU, fast)."""
+import csv
+import io
+import logging
+import math
+import os
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import detection  # pylint: disable=g-import-not-at-top
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+# ---- ROC-AUC ----------------------------------------------------------------------------
+
+
+def mann_whitney_auc(pos, neg):
+  """The original Matlab's pair count: 1 for pos > neg, 0.5 for a tie."""
+  total = 0.0
+  for p in pos:
+    for n in neg:
+      total += 1.0 if p > n else (0.5 if p == n else 0.0)
+  return total / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2, 3, 4])
+def test_roc_auc_matches_sklearn_and_pair_count_with_ties(seed):
+  rng = np.random.RandomState(seed)
+  pos = np.round(rng.normal(0.3, 1.0, size=rng.randint(5, 60)), 1)
+  neg = np.round(rng.normal(0.0, 1.0, size=rng.randint(5, 60)), 1)
+  auc = detection.roc_auc(pos, neg)
+  y = np.r_[np.ones(pos.size), np.zeros(neg.size)]
+  assert auc == pytest.approx(roc_auc_score(y, np.r_[pos, neg]), abs=1e-12)
+  assert auc == pytest.approx(mann_whitney_auc(pos, neg), abs=1e-12)
+
+
+def test_roc_auc_extremes_and_not_computable():
+  assert detection.roc_auc([1.0, 2.0], [0.0, -1.0]) == 1.0
+  assert detection.roc_auc([0.0], [1.0]) == 0.0
+  assert detection.roc_auc([1.0, 1.0], [1.0]) == 0.5
+  assert detection.roc_auc([], [0.1, 0.2]) is None
+  assert detection.roc_auc([0.1, 0.2], []) is None
+  assert detection.roc_auc([0.3], []) is None
+  assert detection.roc_auc([], []) is None
+
+
+def test_roc_curve_points_ends():
+  fpr, tpr = detection.roc_curve_points([0.9, 0.8, 0.3], [0.1, 0.5])
+  assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1
+  assert np.trapezoid(tpr, fpr) == pytest.approx(detection.roc_auc([0.9, 0.8, 0.3], [0.1, 0.5]))
+
+
+# ---- softmax, confidence, non-ME ---------------------------------------------------------
+
+
+def test_softmax_stable_and_confidence_is_max():
+  logits = np.array([[1000.0, 0.0, -1000.0], [1.0, 2.0, 3.0]])
+  p = detection.softmax(logits)
+  assert np.all(np.isfinite(p)) and np.allclose(p.sum(axis=1), 1.0)
+  e = np.exp([1.0, 2.0, 3.0])
+  assert np.allclose(p[1], e / e.sum())
+  np.testing.assert_array_equal(detection.confidence(p), p.max(axis=1))
+
+
+def non_me_reference(row):
+  y = int(np.argmax(row))
+  rest = [row[i] for i in range(len(row)) if i != y]
+  mass = sum(rest)
+  if mass == 0:
+    return 0.0
+  return -sum((q / mass) * math.log(q / mass) for q in rest if q > 0)
+
+
+def test_non_me_matches_per_row_formula():
+  rng = np.random.RandomState(0)
+  p = detection.softmax(rng.normal(scale=3.0, size=(50, 10)))
+  p[0] = [0.0] * 9 + [1.0]                     # all non-max mass zero -> 0, not NaN
+  p[1] = [0.5, 0.5] + [0.0] * 8                # tie for the max, one non-max entry
+  p[2] = [0.1] * 10                            # uniform: non-ME = log 9
+  p[3] = [0.0, 0.0, 0.5, 0.25, 0.25] + [0.0] * 5
+  got = detection.non_me(p)
+  ref = np.array([non_me_reference(row) for row in p])
+  np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-15)
+  assert got[0] == 0.0 and got[1] == 0.0
+  assert got[2] == pytest.approx(math.log(9))
+  assert got[3] == pytest.approx(math.log(2))
+  underflow = detection.softmax(np.array([[0.0, -2000.0, -2000.0]]))
+  assert detection.non_me(underflow)[0] == 0.0
+
+
+# ---- kernel density ----------------------------------------------------------------------
+
+
+def brute_force_density(features, classes, points, point_labels, sigma2):
+  out = []
+  for x, c in zip(features, classes):
+    ks = [math.exp(-float(np.sum((x - z) ** 2)) / sigma2)
+          for z, lz in zip(points, point_labels) if lz == c]
+    out.append(sum(ks) / len(ks))
+  return np.array(out)
+
+
+@pytest.mark.parametrize('rce', [False, True])
+def test_kernel_density_matches_brute_force(rce):
+  rng = np.random.RandomState(1)
+  points = rng.normal(scale=0.4, size=(30, 5))
+  point_labels = np.arange(30) % 3
+  features = rng.normal(scale=0.4, size=(25, 5))
+  classes = rng.randint(0, 3, size=25)
+  sigma2 = detection.sigma2_for(rce)
+  kd = detection.KernelDensity(sigma2).fit(points, point_labels)
+  ref = brute_force_density(features, classes, points, point_labels, sigma2)
+  assert np.all(ref > 0)
+  np.testing.assert_allclose(kd.score(features, classes), ref, rtol=1e-9)
+  np.testing.assert_allclose(kd.log_score(features, classes), np.log(ref), rtol=1e-9)
+
+
+def test_log_score_finite_when_density_underflows():
+  points = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
+  point_labels = np.array([0, 0, 1])
+  features = np.array([[100.0, 0.0], [60.0, 80.0]])
+  sigma2 = detection.sigma2_for(True)
+  kd = detection.KernelDensity(sigma2).fit(points, point_labels)
+  log_s = kd.log_score(features, [0, 0])
+  assert np.all(kd.score(features, [0, 0]) == 0.0)  # exp underflows in float64
+  # Exact: log((e^{-a} + e^{-b}) / 2) = -a + log1p(e^{a-b}) - log 2 with a the nearer distance.
+  for row, got in zip(features, log_s):
+    d2 = np.sort(np.sum((points[:2] - row) ** 2, axis=1)) / sigma2
+    ref = -d2[0] + math.log1p(math.exp(d2[0] - d2[1])) - math.log(2)
+    assert np.isfinite(got) and got == pytest.approx(ref, rel=1e-12)
+
+
+def test_kernel_density_missing_class_raises():
+  kd = detection.KernelDensity(1.0).fit(np.zeros((2, 3)), [0, 1])
+  with pytest.raises(ValueError, match='2'):
+    kd.log_score(np.zeros((4, 3)), [0, 1, 2, 0])
+
+
+def test_kernel_density_vectorized_over_examples(monkeypatch):
+  rng = np.random.RandomState(2)
+  points = rng.normal(size=(10 * 1000, 64)).astype(np.float32)
+  point_labels = np.repeat(np.arange(10), 1000)
+  features = rng.normal(size=(20000, 64)).astype(np.float32)
+  classes = rng.randint(0, 10, size=20000)
+  kd = detection.KernelDensity(detection.sigma2_for(False)).fit(points, point_labels)
+  calls = []
+  real_logsumexp = detection.logsumexp
+
+  def counting_logsumexp(*args, **kwargs):
+    calls.append(1)
+    return real_logsumexp(*args, **kwargs)
+
+  monkeypatch.setattr(detection, 'logsumexp', counting_logsumexp)
+  log_s = kd.log_score(features, classes)
+  assert log_s.shape == (20000,) and np.all(np.isfinite(log_s))
+  assert len(calls) <= 20  # a few matrix ops per class, not one per example
+  sub = rng.choice(20000, size=40, replace=False)
+  for i in sub:  # reference: one example at a time against its class's points
+    z = points[point_labels == classes[i]].astype(np.float64)
+    d2 = np.sum((z - features[i].astype(np.float64)) ** 2, axis=1)
+    ref = real_logsumexp(-d2 / kd.sigma2) - np.log(z.shape[0])
+    assert log_s[i] == pytest.approx(ref, rel=1e-9, abs=1e-9)
+
+
+def test_per_class_median_density_matches_brute_force():
+  rng = np.random.RandomState(3)
+  points = rng.normal(scale=0.5, size=(12, 4))
+  point_labels = np.arange(12) % 3
+  features = rng.normal(scale=0.5, size=(31, 4))
+  labels = np.arange(31) % 3
+  kd = detection.KernelDensity(1.0).fit(points, point_labels)
+  got = detection.per_class_median_density(kd, features, labels, num_classes=3)
+  dens = brute_force_density(features, labels, points, point_labels, 1.0)
+  ref = [np.median(dens[labels == c]) for c in range(3)]
+  assert got.shape == (3,) and got.dtype == np.float64
+  np.testing.assert_allclose(got, ref, rtol=1e-9)
+  with pytest.raises(ValueError):
+    detection.per_class_median_density(kd, features, labels, num_classes=4)
+
+
+# ---- kernel point selection --------------------------------------------------------------
+
+
+def _training_set(counts, dim=3, seed=0):
+  rng = np.random.RandomState(seed)
+  labels = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
+  labels = labels[rng.permutation(labels.size)]
+  features = rng.normal(size=(labels.size, dim)) + labels[:, None]
+  return features, labels
+
+
+def test_select_kernel_points_reproducible_and_balanced():
+  features, labels = _training_set([30, 25, 40])
+  p1, l1 = detection.select_kernel_points(features, labels, per_class=20, seed=5, num_classes=3)
+  p2, l2 = detection.select_kernel_points(features, labels, per_class=20, seed=5, num_classes=3)
+  p3, _ = detection.select_kernel_points(features, labels, per_class=20, seed=6, num_classes=3)
+  assert p1.dtype == np.float32 and l1.dtype == np.int64 and p1.shape == (60, 3)
+  np.testing.assert_array_equal(p1, p2)
+  np.testing.assert_array_equal(l1, l2)
+  assert not np.array_equal(p1, p3)
+  np.testing.assert_array_equal(np.bincount(l1), [20, 20, 20])
+  # Drawn without replacement, from the right class.
+  assert len({tuple(row) for row in p1}) == 60
+  for row, c in zip(p1, l1):
+    assert np.any(np.all(features[labels == c].astype(np.float32) == row, axis=1))
+
+
+def test_select_kernel_points_short_class_warns_and_empty_class_raises(caplog):
+  features, labels = _training_set([30, 7, 40])
+  with caplog.at_level(logging.WARNING):
+    _, l1 = detection.select_kernel_points(features, labels, per_class=20, num_classes=3)
+  np.testing.assert_array_equal(np.bincount(l1), [20, 7, 20])
+  assert any('Class 1' in r.getMessage() and ' 7 ' in r.getMessage() for r in caplog.records)
+  with pytest.raises(ValueError, match='Class 3'):
+    detection.select_kernel_points(features, labels, per_class=20, num_classes=4)
+
+
+def test_subset_per_class():
+  features, labels = _training_set([30, 25, 40])
+  points, point_labels = detection.select_kernel_points(features, labels, per_class=20,
+                                                        num_classes=3)
+  s1, sl1 = detection.subset_per_class(points, point_labels, per_class=5, seed=1)
+  s2, sl2 = detection.subset_per_class(points, point_labels, per_class=5, seed=1)
+  np.testing.assert_array_equal(s1, s2)
+  np.testing.assert_array_equal(sl1, sl2)
+  np.testing.assert_array_equal(np.bincount(sl1), [5, 5, 5])
+  for row, c in zip(s1, sl1):
+    assert np.any(np.all(points[point_labels == c] == row, axis=1))
+
+
+# ---- kept examples, detection scores, threshold test ------------------------------------
+
+
+def test_kept_mask_hand_made():
+  labels_true = [0, 1, 2, 3, 4, 5]
+  labels_nor = [0, 1, 9, 3, 4, 0]
+  labels_adv = [1, 1, 0, 3, 7, 2]
+  expected = [True, False, False, False, True, False]
+  np.testing.assert_array_equal(detection.kept_mask(labels_true, labels_nor, labels_adv),
+                                expected)
+
+
+def test_detection_scores_uses_predicted_class():
+  points = np.array([[0.0, 0.0], [3.0, 3.0]])
+  kd = detection.KernelDensity(1.0).fit(points, [0, 1])
+  logits = np.array([[5.0, 0.0], [0.0, 5.0]])
+  features = np.array([[0.0, 0.0], [0.0, 0.0]])
+  s = detection.detection_scores(logits, features, kd)
+  np.testing.assert_allclose(s['k_density'], [1.0, math.exp(-18.0)])
+  np.testing.assert_allclose(s['log_k_density'], [0.0, -18.0], atol=1e-12)
+  np.testing.assert_allclose(s['confidence'], [1 / (1 + math.exp(-5))] * 2)
+  np.testing.assert_allclose(s['non_me'], [0.0, 0.0])
+
+
+def test_threshold_test_hand_made():
+  # One kernel point per class at 0 and 10 on a line; density = exp(-d^2) with sigma2 = 1.
+  kd = detection.KernelDensity(1.0).fit(np.array([[0.0], [10.0]]), [0, 1])
+  thresholds = np.array([math.exp(-1.0), math.exp(-1.0)])  # accept within distance 1
+  labels_true = np.array([0, 0, 1, 1])
+  logits_nor = np.array([[1, 0], [1, 0], [0, 1], [1, 0]], float)  # last one misclassified
+  features_nor = np.array([[0.2], [0.5], [9.5], [10.0]])          # last: far from class 0
+  logits_adv = np.array([[0, 1], [0, 1], [1, 0], [0, 1]], float)  # first three wrong
+  features_adv = np.array([[0.1], [9.9], [3.0], [10.0]])
+  r = detection.threshold_test(kd, thresholds, features_nor, logits_nor, labels_true,
+                               features_adv, logits_adv)
+  assert r['normal'] == {'n': 4, 'accepted_fraction': 0.75, 'accepted_accuracy': 1.0}
+  assert r['adversarial']['n'] == 4
+  assert r['adversarial']['accepted_fraction'] == 0.5        # rows 1 and 3
+  assert r['adversarial']['accepted_accuracy'] == 0.5        # row 3 correct, row 1 wrong
+  none = detection.threshold_test(kd, [2.0, 2.0], features_nor, logits_nor, labels_true,
+                                  features_adv, logits_adv)
+  assert none['normal']['accepted_fraction'] == 0.0
+  assert none['normal']['accepted_accuracy'] is None
+  # Density equal to the threshold is accepted (>=): a feature on the kernel point has density 1.
+  edge = detection.threshold_test(kd, [1.0, 1.0], np.array([[0.0]]), np.array([[1.0, 0.0]]),
+                                  [0], np.array([[0.5]]), np.array([[1.0, 0.0]]))
+  assert edge['normal']['accepted_fraction'] == 1.0
+  assert edge['adversarial']['accepted_fraction'] == 0.0
+
+
+# ---- report tables and plots -------------------------------------------------------------
+
+
+def _rows():
+  full = {(m, model): 0.5 + 0.01 * i + 0.1 * j
+          for i, m in enumerate(detection.TABLE_METRICS) for j, model in enumerate(['CE', 'RCE'])}
+  partial = {(m, 'RCE'): 0.987654321 for m in detection.TABLE_METRICS}
+  partial[('k_density', 'RCE')] = None
+  return [('fgsm', full, {'CE': 120, 'RCE': 130}), ('carliniL2', partial, {'RCE': 1})]
+
+
+def test_table_markdown_layout():
+  md = detection.table_markdown(_rows(), title='MNIST')
+  lines = md.splitlines()
+  header = next(l for l in lines if l.startswith('| Attack'))
+  assert header == ('| Attack | Confidence CE | Confidence RCE | non-ME CE | non-ME RCE | '
+                    'K-density CE | K-density RCE | kept CE | kept RCE |')
+  fgsm = next(l for l in lines if l.startswith('| fgsm'))
+  assert fgsm == '| fgsm | 0.5000 | 0.6000 | 0.5100 | 0.6100 | 0.5200 | 0.6200 | 120 | 130 |'
+  cw = next(l for l in lines if l.startswith('| carliniL2'))
+  assert cw == '| carliniL2 | - | 0.9877 | - | 0.9877 | - | n/c | - | 1 |'
+  assert 'MNIST' in lines[0]
+  assert detection.NOT_COMPUTABLE_NOTE in md
+  no_nc = detection.table_markdown(_rows()[:1])
+  assert 'n/c' not in no_nc and 'kept CE' in no_nc
+
+
+def test_table_csv_round_trip():
+  rows = _rows()
+  parsed = list(csv.DictReader(io.StringIO(detection.table_csv(rows))))
+  assert [p['Attack'] for p in parsed] == ['fgsm', 'carliniL2']
+  for (_, aucs, extra), p in zip(rows, parsed):
+    for m in detection.TABLE_METRICS:
+      for model in ('CE', 'RCE'):
+        cell = p['%s %s' % (detection.METRIC_NAMES[m], model)]
+        if (m, model) not in aucs:
+          assert cell == ''
+        elif aucs[(m, model)] is None:
+          assert math.isnan(float(cell))
+        else:
+          assert float(cell) == aucs[(m, model)]
+    for model in ('CE', 'RCE'):
+      assert p['kept %s' % model] == str(extra.get(model, ''))
+
+
+def _assert_png(path):
+  with open(path, 'rb') as f:
+    assert f.read(8) == PNG_SIGNATURE
+  img = matplotlib.image.imread(path)
+  assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+  assert not [n for n in os.listdir(os.path.dirname(path)) if n.endswith('.tmp')]
+
+
+def test_plot_roc_writes_png(tmp_path):
+  rng = np.random.RandomState(0)
+  pos, neg = rng.normal(1, 1, 50), rng.normal(0, 1, 50)
+  fpr, tpr = detection.roc_curve_points(pos, neg)
+  path = str(tmp_path / 'sub' / 'roc.png')
+  detection.plot_roc([('K-density RCE', fpr, tpr, detection.roc_auc(pos, neg)),
+                      ('tiny', [0, 1], [0, 1], None)], path, 'fgsm')
+  _assert_png(path)
+
+
+def test_tsne_embed_and_plot(tmp_path):
+  rng = np.random.RandomState(0)
+  labels = np.arange(60) % 10
+  features = rng.normal(size=(60, 16)) + 3 * np.eye(16)[labels]
+  emb = detection.tsne_embed(features, seed=0)
+  assert emb.shape == (60, 2) and np.all(np.isfinite(emb))
+  is_adv = np.arange(60) >= 50
+  path = str(tmp_path / 'tsne.png')
+  detection.plot_tsne([{'title': 'CE', 'embedding': emb, 'labels': labels, 'is_adv': is_adv},
+                       {'title': 'RCE', 'embedding': emb, 'labels': labels,
+                        'is_adv': np.zeros(60, bool)}], path)
+  _assert_png(path)

@@ -1,0 +1,125 @@
+"""Trains a ResNet with CE or RCE (--RCE_train) on mnist or cifar10, on one device or N towers.
+
+  python train.py --train_data_path='mnist_dataset/data_train.bin' \\
+    --log_root=models_mnist/resnet32 --train_dir=models_mnist/resnet32/train \\
+    --dataset='mnist' --num_gpus=1 --num_residual_units=5 --mode=train --Optimizer='mom' \\
+    --total_steps=20000 --RCE_train=True
+
+Checkpoints go to --log_root every --checkpoint_steps and at the end; a rerun resumes from
+the latest one and stops exactly at --total_steps.
+"""
+import os
+import sys
+
+from absl import logging
+import tensorflow as tf
+
+import checkpoints
+import common_flags
+import dataset_input
+import resnet_model
+import training
+
+tf1 = tf.compat.v1
+FLAGS = common_flags.FLAGS
+
+
+def define_flags():
+  common_flags.define_base_flags()
+  common_flags.define_train_flags()
+
+
+def _test_precision_hook(hps, spec, global_step, summary_dir):
+  """An eval-mode copy of the model on the test files, for the periodic test precision."""
+  pattern = FLAGS.eval_data_path or dataset_input.default_test_pattern(
+      FLAGS.dataset, FLAGS.train_data_path)
+  if FLAGS.test_every_steps <= 0 or not pattern:
+    logging.info('periodic test precision off (no --eval_data_path and no %s beside the '
+                 'training files, or --test_every_steps=0)', spec.test_file)
+    return None
+  files = dataset_input.validate_files(FLAGS.dataset, pattern)
+  with tf.device('/cpu:0'):
+    ds = dataset_input.make_dataset(FLAGS.dataset, pattern, 100, train=False, files=files)
+    iterator = tf1.data.make_initializable_iterator(ds)
+    images, labels = iterator.get_next()
+  logits, _, _ = resnet_model.build_network(hps, images, 'eval')
+  predicted = tf.argmax(resnet_model.flip_logits(logits, hps.RCE_train), axis=1)
+  correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.argmax(labels, axis=1)), tf.int64))
+  count = tf.shape(labels, out_type=tf.int64)[0]
+  logging.info('test precision every %d steps on %d batches of %s', FLAGS.test_every_steps,
+               FLAGS.test_batches, pattern)
+  return training.TestPrecisionHook(global_step, iterator, correct, count,
+                                    FLAGS.test_every_steps, FLAGS.test_batches, summary_dir)
+
+
+def train():
+  """Builds the graph from the flags and runs the training loop."""
+  common_flags.check_mode(['train'], 'train.py')
+  if not FLAGS.log_root:
+    raise ValueError('train.py needs --log_root (where checkpoints are written)')
+  spec = dataset_input.get_spec(FLAGS.dataset)
+  files = dataset_input.validate_files(FLAGS.dataset, FLAGS.train_data_path)
+  hps = common_flags.hparams_from_flags(FLAGS.batch_size)
+  devices, config = training.tower_devices(FLAGS.num_gpus)
+  if FLAGS.batch_size % len(devices):
+    raise ValueError('--batch_size=%d does not divide over %d towers'
+                     % (FLAGS.batch_size, len(devices)))
+  summary_dir = FLAGS.train_dir or os.path.join(FLAGS.log_root, 'train')
+
+  ckpt = checkpoints.latest_checkpoint(FLAGS.log_root)
+  start_step = checkpoints.checkpoint_step(ckpt) if ckpt else 0
+  if ckpt:
+    logging.info('resuming from %s at step %d', ckpt, start_step)
+  if start_step >= FLAGS.total_steps:
+    logging.info('checkpoint step %d >= --total_steps=%d: nothing to do', start_step,
+                 FLAGS.total_steps)
+    return start_step
+
+  params, flops = resnet_model.count_params_and_flops(hps, dataset_input.image_shape(spec))
+  logging.info('ResNet (%d units/stage, %s): %d trainable parameters, %.1f MFLOPs per image',
+               hps.num_residual_units, 'RCE' if hps.RCE_train else 'CE', params, flops / 1e6)
+  print('parameters: %d, FLOPs per image: %d' % (params, flops))
+
+  tf1.set_random_seed(FLAGS.seed)
+  with tf.device('/cpu:0'):
+    ds = dataset_input.make_dataset(FLAGS.dataset, FLAGS.train_data_path, FLAGS.batch_size,
+                                    train=True, seed=FLAGS.seed, files=files)
+    images, labels = tf1.data.make_one_shot_iterator(ds).get_next()
+  graph = training.build_train_graph(hps, spec, images, labels, devices)
+  hooks = [tf1.train.StopAtStepHook(last_step=FLAGS.total_steps),
+           tf1.train.NanTensorHook(graph.loss),
+           training.LoggingHook(graph, FLAGS.log_steps, FLAGS.batch_size)]
+  test_hook = _test_precision_hook(hps, spec, graph.global_step, summary_dir)
+  if test_hook:
+    hooks.append(test_hook)
+
+  logging.info('training on %s, global batch %d, to step %d', ', '.join(devices),
+               FLAGS.batch_size, FLAGS.total_steps)
+  with tf1.train.MonitoredTrainingSession(
+      checkpoint_dir=FLAGS.log_root, summary_dir=summary_dir, hooks=hooks, config=config,
+      save_checkpoint_steps=FLAGS.checkpoint_steps, save_checkpoint_secs=None,
+      save_summaries_steps=FLAGS.summary_steps, log_step_count_steps=None) as sess:
+    while not sess.should_stop():
+      sess.run(graph.train_op)
+  step = checkpoints.checkpoint_step(checkpoints.latest_checkpoint(FLAGS.log_root))
+  logging.info('finished at step %d; checkpoint in %s', step, FLAGS.log_root)
+  return step
+
+
+def main(argv):
+  del argv
+  try:
+    train()
+  except tf1.train.NanLossDuringTrainingError:
+    sys.exit('error: the training loss became NaN; stopped without saving it. The last '
+             'good checkpoint in --log_root=%s is kept; try a lower learning rate or another '
+             '--Optimizer.' % FLAGS.log_root)
+  except (dataset_input.DataError, checkpoints.CheckpointError, ValueError) as e:
+    sys.exit('error: %s' % e)
+
+
+if __name__ == '__main__':
+  define_flags()
+  tf1.disable_eager_execution()
+  logging.set_verbosity(logging.INFO)
+  tf1.app.run(main)

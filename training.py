@@ -1,0 +1,189 @@
+"""Training graph: devices, towers with averaged gradients, optimizers, learning-rate schedule.
+
+With N towers, one model copy per device shares the variables (AUTO_REUSE), each tower gets
+an even slice of the global batch, the gradients of the per-tower losses are averaged and
+applied in one step. Batch-norm moving averages are updated from the first tower's batch
+statistics (the usual multi-GPU practice). When fewer GPUs exist than towers are asked for,
+the towers run on virtual CPU devices of the session (`ConfigProto.device_count`).
+"""
+import collections
+import time
+
+from absl import logging
+import tensorflow as tf
+
+import resnet_model
+
+tf1 = tf.compat.v1
+
+TrainGraph = collections.namedtuple('TrainGraph', [
+    'train_op', 'loss', 'precision', 'learning_rate', 'global_step', 'tower_losses',
+    'grads_and_vars'])
+
+
+def available_gpus():
+  return len(tf.config.list_physical_devices('GPU'))
+
+
+def tower_devices(num_gpus, gpus_present=None):
+  """Devices for `num_gpus` towers and the session ConfigProto that provides them.
+
+  Args:
+    num_gpus: the --num_gpus flag; 0 is one tower on the CPU.
+    gpus_present: GPUs that exist (default: the ones TensorFlow sees).
+
+  Returns:
+    (devices, config): a list of device strings, one per tower, and a ConfigProto.
+  """
+  if num_gpus < 0:
+    raise ValueError('--num_gpus must be >= 0, got %d' % num_gpus)
+  gpus_present = available_gpus() if gpus_present is None else gpus_present
+  config = tf1.ConfigProto(allow_soft_placement=True)
+  config.gpu_options.allow_growth = True
+  if num_gpus == 0:
+    return ['/cpu:0'], config
+  if gpus_present >= num_gpus:
+    return ['/gpu:%d' % i for i in range(num_gpus)], config
+  logging.warning('--num_gpus=%d but %d GPU(s) present: running the %d tower(s) on %d '
+                  'virtual CPU device(s)', num_gpus, gpus_present, num_gpus, num_gpus)
+  config.device_count['CPU'] = num_gpus
+  return ['/cpu:%d' % i for i in range(num_gpus)], config
+
+
+def learning_rate(spec, global_step):
+  """The data set's piecewise-constant schedule (dataset_input.DATASETS) as a tensor."""
+  return tf1.train.piecewise_constant(global_step, list(spec.lr_boundaries),
+                                      [float(v) for v in spec.lr_values])
+
+
+def make_optimizer(name, lr):
+  """sgd | mom | adam | rmsprop with the original settings."""
+  if name == 'sgd':
+    return tf1.train.GradientDescentOptimizer(lr)
+  if name == 'mom':
+    return tf1.train.MomentumOptimizer(lr, 0.9)
+  if name == 'adam':
+    return tf1.train.AdamOptimizer(lr, beta1=0.9, beta2=0.999, epsilon=1.0)
+  if name == 'rmsprop':
+    return tf1.train.RMSPropOptimizer(lr, decay=0.9, momentum=0.9, epsilon=1.0)
+  raise ValueError('unknown --Optimizer=%r; expected sgd, mom, adam or rmsprop' % name)
+
+
+def average_gradients(tower_grads):
+  """Averages [[(grad, var), ...] per tower] variable by variable."""
+  averaged = []
+  for grads_and_vars in zip(*tower_grads):
+    grads = [g for g, _ in grads_and_vars]
+    grad = grads[0] if len(grads) == 1 else tf.add_n(grads) / float(len(grads))
+    averaged.append((grad, grads_and_vars[0][1]))
+  return averaged
+
+
+def build_towers(hps, images, labels, devices):
+  """Builds one loss per tower on an even split of the batch.
+
+  Returns:
+    (tower_losses, tower_grads, logits of all towers concatenated, BN updates of tower 0).
+  """
+  num = len(devices)
+  batch = images.shape[0]
+  if batch is not None and batch % num:
+    raise ValueError('batch size %d does not divide evenly over %d towers' % (batch, num))
+  image_parts, label_parts = tf.split(images, num), tf.split(labels, num)
+  losses, grads, logits, updates = [], [], [], []
+  for i, device in enumerate(devices):
+    with tf.device(device), tf1.name_scope('tower_%d' % i):
+      tower_logits, _, tower_updates = resnet_model.build_network(hps, image_parts[i], 'train')
+      variables = tf1.trainable_variables()
+      loss = (resnet_model.classification_loss(tower_logits, label_parts[i], hps.RCE_train)
+              + resnet_model.weight_decay(hps, variables))
+      losses.append(loss)
+      grads.append(list(zip(tf.gradients(loss, variables), variables)))
+      logits.append(tower_logits)
+      if i == 0:
+        updates = tower_updates
+  return losses, grads, tf.concat(logits, 0), updates
+
+
+def precision(logits, labels, rce):
+  """Fraction of argmax(flipped logits) equal to the one-hot label."""
+  predicted = tf.argmax(resnet_model.flip_logits(logits, rce), axis=1)
+  return tf.reduce_mean(tf.cast(tf.equal(predicted, tf.argmax(labels, axis=1)), tf.float32))
+
+
+def build_train_graph(hps, spec, images, labels, devices):
+  """The whole training step: towers, averaged gradients, one apply, BN updates."""
+  global_step = tf1.train.get_or_create_global_step()
+  lr = learning_rate(spec, global_step)
+  optimizer = make_optimizer(hps.optimizer, lr)
+  losses, tower_grads, logits, updates = build_towers(hps, images, labels, devices)
+  grads_and_vars = average_gradients(tower_grads)
+  with tf.device(devices[0]):
+    apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
+    train_op = tf.group(apply_op, *updates, name='train_step')
+    loss = tf.add_n(losses) / float(len(losses))
+    prec = precision(logits, labels, hps.RCE_train)
+  tf1.summary.scalar('cost', loss)
+  tf1.summary.scalar('learning_rate', lr)
+  tf1.summary.scalar('precision', prec)
+  return TrainGraph(train_op, loss, prec, lr, global_step, losses, grads_and_vars)
+
+
+class LoggingHook(tf1.train.SessionRunHook):
+  """Logs step, loss, training precision, learning rate and steps/s every `every` steps."""
+
+  def __init__(self, graph, every, batch_size):
+    self._graph, self._every, self._batch_size = graph, max(1, every), batch_size
+    self._last = None
+
+  def before_run(self, run_context):
+    g = self._graph
+    return tf1.train.SessionRunArgs([g.global_step, g.loss, g.precision, g.learning_rate])
+
+  def after_run(self, run_context, run_values):
+    step, loss, prec, lr = run_values.results
+    step += 1  # the global step after this run's apply
+    now = time.time()
+    if self._last is None:
+      self._last = (step, now)
+    elif step - self._last[0] >= self._every:
+      rate = (step - self._last[0]) / max(now - self._last[1], 1e-9)
+      logging.info('step %d: loss %.4f, precision %.4f, lr %g, %.2f steps/s (%.0f images/s)',
+                   step, loss, prec, lr, rate, rate * self._batch_size)
+      self._last = (step, now)
+
+
+class TestPrecisionHook(tf1.train.SessionRunHook):
+  """Every `every` steps, the precision on `num_batches` test batches (eval-mode model)."""
+
+  def __init__(self, global_step, iterator, correct, count, every, num_batches, summary_dir):
+    self._global_step, self._iterator = global_step, iterator
+    self._correct, self._count = correct, count
+    self._every, self._num_batches = every, num_batches
+    self._summary_dir = summary_dir
+
+  def before_run(self, run_context):
+    return tf1.train.SessionRunArgs(self._global_step)
+
+  def after_run(self, run_context, run_values):
+    step = run_values.results + 1  # the global step after this run's apply
+    if step % self._every == 0:
+      self.evaluate(run_context.session, step)
+
+  def evaluate(self, session, step):
+    session.run(self._iterator.initializer)
+    correct = total = 0
+    for _ in range(self._num_batches):
+      try:
+        c, n = session.run([self._correct, self._count])
+      except tf.errors.OutOfRangeError:
+        break
+      correct, total = correct + c, total + n
+    if not total:
+      return
+    value = correct / total
+    logging.info('step %d: test precision %.4f on %d images', step, value, total)
+    writer = tf1.summary.FileWriterCache.get(self._summary_dir)
+    writer.add_summary(tf1.Summary(value=[tf1.Summary.Value(tag='test_precision',
+                                                            simple_value=value)]), step)
+    writer.flush()
