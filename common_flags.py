@@ -42,6 +42,8 @@ def define_base_flags():
   flags.DEFINE_bool('use_bottleneck', False, 'Bottleneck residual units.')
   flags.DEFINE_enum('Optimizer', 'mom', ['sgd', 'mom', 'adam', 'rmsprop'], 'Optimizer.')
   flags.DEFINE_bool('RCE_train', False, 'Train with / evaluate as Reverse Cross-Entropy.')
+  flags.DEFINE_string('train_data_path', '', 'Glob pattern(s) of the training files '
+                      '(train.py; test_adv.py --mode=kernel_para).')
   flags.DEFINE_string('eval_data_path', '', 'Glob pattern(s) of the test files (train.py: '
                       'for the periodic test precision; default the test file beside the '
                       'training files, if present).')
@@ -51,7 +53,6 @@ def define_base_flags():
 @_once('train')
 def define_train_flags():
   """train.py."""
-  flags.DEFINE_string('train_data_path', '', 'Glob pattern(s) of the training files.')
   flags.DEFINE_string('train_dir', '', 'TensorBoard summaries of training.')
   flags.DEFINE_integer('total_steps', 20000, 'Training stops exactly at this global step.')
   flags.DEFINE_integer('batch_size', 128, 'Global batch, split evenly over the towers.')
@@ -71,6 +72,32 @@ def define_eval_flags():
   flags.DEFINE_integer('eval_batch_size', 100, 'Images per eval batch.')
   flags.DEFINE_bool('eval_once', False, 'Evaluate the latest checkpoint once and exit.')
   flags.DEFINE_integer('eval_interval_secs', 60, 'Seconds between checkpoint polls.')
+
+
+@_once('attack')
+def define_attack_flags():
+  """test_adv.py: attacks, kernel parameters and detection."""
+  import attacks  # only test_adv.py needs the registry
+  flags.DEFINE_enum('attack_method', 'fgsm', list(attacks.ATTACK_NAMES), 'The attack.')
+  flags.DEFINE_float('eps', 0.0, 'A single eps for the eps attacks; 0 sweeps 0.02..0.20.')
+  flags.DEFINE_string('save_pwd', '', 'Where attack results go; default '
+                      '{results_dir}/{attack}_{dataset}/{RCE|CE}.')
+  flags.DEFINE_string('results_dir', '.', 'Folder of kernel_para_{dataset}/ and the attack '
+                      'results (default layout).')
+  flags.DEFINE_integer('attack_batch_size', 200, 'Images per attack batch (eps attacks).')
+  flags.DEFINE_integer('bim_nb_iter', 10, 'Steps of BIM and ILCM (each eps/steps).')
+  flags.DEFINE_integer('jsma_max_iter', 100, 'Most pixels JSMA changes per image.')
+  flags.DEFINE_integer('cw_batch_size', 100, 'Images per C&W batch.')
+  flags.DEFINE_integer('cw_max_iterations', 10000, 'Adam iterations per C&W binary-search '
+                       'step (abort early when the loss stalls).')
+  flags.DEFINE_integer('cw_binary_search_steps', 9, 'Binary-search steps over c.')
+  flags.DEFINE_float('cw_learning_rate', 0.01, 'C&W Adam learning rate.')
+  flags.DEFINE_float('cw_initial_const', 1.0, 'Initial c of C&W.')
+  flags.DEFINE_integer('kernel_per_class', 1000, 'Kernel points per class (kernel_para).')
+  flags.DEFINE_integer('kernel_subset', 100, 'Kernel points per class of the white-box '
+                       'attack (kernel_para).')
+  flags.DEFINE_integer('eps_round', 8, 'eps round of the swept attacks that detect reports '
+                       '(1-based: 8 is eps 0.16).')
 
 
 def hparams_from_flags(batch_size=128):

@@ -274,8 +274,8 @@ def detection_scores(logits, features, kd):
           'k_density': np.exp(log_kd), 'log_k_density': log_kd}
 
 
-def _accept_stats(kd, log_thresholds, features, logits, labels_true):
-  pred = np.asarray(logits).argmax(axis=1)
+def _accept_stats(kd, log_thresholds, features, pred, labels_true):
+  pred = np.asarray(pred).reshape(-1)
   accepted = kd.log_score(features, pred) >= log_thresholds[pred]
   n = int(pred.size)
   n_acc = int(accepted.sum())
@@ -285,8 +285,8 @@ def _accept_stats(kd, log_thresholds, features, logits, labels_true):
                                 if n_acc else None)}
 
 
-def threshold_test(kd, thresholds, features_nor, logits_nor, labels_true, features_adv,
-                   logits_adv):
+def threshold_test(kd, thresholds, features_nor, pred_nor, labels_true, features_adv,
+                   pred_adv):
   """Per-class K-density threshold: accept an input when density >= threshold[predicted].
 
   The comparison is made on log densities, so it does not suffer from underflow.
@@ -294,9 +294,9 @@ def threshold_test(kd, thresholds, features_nor, logits_nor, labels_true, featur
   Args:
     kd: a fitted KernelDensity.
     thresholds: [num_classes] float thresholds (e.g. `per_class_median_density`).
-    features_nor: [N, D] features of the normal examples; logits_nor: their [N, K] logits.
+    features_nor: [N, D] features of the normal examples; pred_nor: their [N] predicted labels.
     labels_true: [N] int true labels (shared by the normal and adversarial sets).
-    features_adv: [N, D] features of the adversarial examples; logits_adv: their logits.
+    features_adv: [N, D] features of the adversarial examples; pred_adv: their predictions.
 
   Returns:
     {'normal': stats, 'adversarial': stats}, stats = {'accepted_fraction', 'accepted_accuracy',
@@ -306,8 +306,8 @@ def threshold_test(kd, thresholds, features_nor, logits_nor, labels_true, featur
   with np.errstate(divide='ignore'):
     log_t = np.log(np.asarray(thresholds, np.float64))
   labels_true = np.asarray(labels_true).reshape(-1)
-  return {'normal': _accept_stats(kd, log_t, features_nor, logits_nor, labels_true),
-          'adversarial': _accept_stats(kd, log_t, features_adv, logits_adv, labels_true)}
+  return {'normal': _accept_stats(kd, log_t, features_nor, pred_nor, labels_true),
+          'adversarial': _accept_stats(kd, log_t, features_adv, pred_adv, labels_true)}
 
 
 def _table_columns(with_kept):

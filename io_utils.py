@@ -11,6 +11,10 @@ import tempfile
 import numpy as np
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def makedirs(path):
   """Creates `path` (and parents) if missing; returns it."""
   if path:
@@ -25,6 +29,7 @@ def atomic_write_bytes(path, data):
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
                              suffix='.tmp')
   try:
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
       f.flush()

@@ -263,23 +263,23 @@ def test_threshold_test_hand_made():
   kd = detection.KernelDensity(1.0).fit(np.array([[0.0], [10.0]]), [0, 1])
   thresholds = np.array([math.exp(-1.0), math.exp(-1.0)])  # accept within distance 1
   labels_true = np.array([0, 0, 1, 1])
-  logits_nor = np.array([[1, 0], [1, 0], [0, 1], [1, 0]], float)  # last one misclassified
+  pred_nor = np.array([0, 0, 1, 0])  # last one misclassified
   features_nor = np.array([[0.2], [0.5], [9.5], [10.0]])          # last: far from class 0
-  logits_adv = np.array([[0, 1], [0, 1], [1, 0], [0, 1]], float)  # first three wrong
+  pred_adv = np.array([1, 1, 0, 1])  # first three wrong
   features_adv = np.array([[0.1], [9.9], [3.0], [10.0]])
-  r = detection.threshold_test(kd, thresholds, features_nor, logits_nor, labels_true,
-                               features_adv, logits_adv)
+  r = detection.threshold_test(kd, thresholds, features_nor, pred_nor, labels_true,
+                               features_adv, pred_adv)
   assert r['normal'] == {'n': 4, 'accepted_fraction': 0.75, 'accepted_accuracy': 1.0}
   assert r['adversarial']['n'] == 4
   assert r['adversarial']['accepted_fraction'] == 0.5        # rows 1 and 3
   assert r['adversarial']['accepted_accuracy'] == 0.5        # row 3 correct, row 1 wrong
-  none = detection.threshold_test(kd, [2.0, 2.0], features_nor, logits_nor, labels_true,
-                                  features_adv, logits_adv)
+  none = detection.threshold_test(kd, [2.0, 2.0], features_nor, pred_nor, labels_true,
+                                  features_adv, pred_adv)
   assert none['normal']['accepted_fraction'] == 0.0
   assert none['normal']['accepted_accuracy'] is None
   # Density equal to the threshold is accepted (>=): a feature on the kernel point has density 1.
-  edge = detection.threshold_test(kd, [1.0, 1.0], np.array([[0.0]]), np.array([[1.0, 0.0]]),
-                                  [0], np.array([[0.5]]), np.array([[1.0, 0.0]]))
+  edge = detection.threshold_test(kd, [1.0, 1.0], np.array([[0.0]]), [0],
+                                  [0], np.array([[0.5]]), [0])
   assert edge['normal']['accepted_fraction'] == 1.0
   assert edge['adversarial']['accepted_fraction'] == 0.0
 

@@ -1,0 +1,161 @@
+"""The detection report: kernel parameters, AUC table (paper's Table 2), ROC curves, thresholds.
+
+Replaces the original's others.py and Matlab scripts. Works on the files of result_files.py.
+"""
+import os
+
+from absl import logging
+import numpy as np
+
+import detection
+import io_utils
+import result_files
+
+# Row order of the paper's Table 2; attacks not listed here follow alphabetically.
+ATTACK_ORDER = ('random', 'fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2', 'carliniL2_highcon',
+                'carliniL2_specific')
+ATTACK_TITLES = {'random': 'Random', 'fgsm': 'FGSM', 'bim': 'BIM', 'tgsm': 'ILCM',
+                 'jsma': 'JSMA', 'carliniL2': 'C&W', 'carliniL2_highcon': 'C&W-hc',
+                 'carliniL2_specific': 'C&W-wb'}
+
+
+def kernel_params(features, labels, rce, per_class=1000, subset=100, seed=0):
+  """Kernel points, the white-box subset and its per-class median densities.
+
+  Args:
+    features: [N, 64] training features; labels: [N] true labels.
+    rce: selects sigma2.
+    per_class: kernel points per class (detection); subset: points per class (C&W-wb).
+
+  Returns:
+    dict of arrays for result_files.save_kernel_params.
+  """
+  sigma2 = detection.sigma2_for(rce)
+  points, point_labels = detection.select_kernel_points(features, labels, per_class, seed)
+  sub_points, sub_labels = detection.subset_per_class(points, point_labels, subset, seed)
+  kd_sub = detection.KernelDensity(sigma2).fit(sub_points, sub_labels)
+  medians = detection.per_class_median_density(kd_sub, features, labels)
+  kd = detection.KernelDensity(sigma2).fit(points, point_labels)
+  train_medians = detection.per_class_median_density(kd, features, labels)
+  return {'points': points, 'point_labels': point_labels, 'subset_points': sub_points,
+          'subset_labels': sub_labels, 'subset_medians': medians,
+          'medians': train_medians, 'sigma2': np.float64(sigma2), 'seed': np.int64(seed)}
+
+
+def _scores(data, kd, side):
+  """Confidence, non-ME and log K-density (under the predicted class) of one side."""
+  log_kd = kd.log_score(data['logits_' + side], data['labels_' + side])
+  return {'confidence': data['confidence_' + side], 'non_me': data['entropy_' + side],
+          'k_density': log_kd}
+
+
+def _round_of(summary, eps_round):
+  """0-based round: the requested one for swept attacks, the only one otherwise."""
+  return eps_round - 1 if summary['num_rounds'] > 1 else 0
+
+
+def evaluate_attack(directory, kd, thresholds, eps_round):
+  """AUCs, ROC points and the thresholding test of one attack on one model."""
+  data = result_files.load_attack_round(directory,
+                                        _round_of(result_files.load_summary(directory),
+                                                  eps_round))
+  keep = detection.kept_mask(data['labels_true'], data['labels_nor'], data['labels_adv'])
+  nor, adv = _scores(data, kd, 'nor'), _scores(data, kd, 'adv')
+  out = {'n_kept': int(keep.sum()), 'auc': {}, 'roc': {},
+         'eps': data['summary']['eps'][_round_of(data['summary'], eps_round)]}
+  for metric in detection.TABLE_METRICS:
+    pos, neg = nor[metric][keep], adv[metric][keep]
+    out['auc'][metric] = detection.roc_auc(pos, neg)
+    if out['auc'][metric] is not None:
+      out['roc'][metric] = detection.roc_curve_points(pos, neg)
+  out['threshold'] = detection.threshold_test(
+      kd, thresholds, data['logits_nor'], data['labels_nor'], data['labels_true'],
+      data['logits_adv'], data['labels_adv'])
+  return out
+
+
+def _ordered(attacks):
+  known = [a for a in ATTACK_ORDER if a in attacks]
+  return known + sorted(a for a in attacks if a not in ATTACK_ORDER)
+
+
+def _fmt(value):
+  return '-' if value is None else '%.4f' % value
+
+
+def threshold_markdown(results):
+  """Markdown table of the thresholding test: accepted fraction and accuracy per side."""
+  lines = ['| Attack | Model | normal accepted | normal acc. of accepted | adv. accepted | '
+           'adv. acc. of accepted |', '|---|---|---|---|---|---|']
+  for attack, per_model in results:
+    for model, r in sorted(per_model.items()):
+      t = r['threshold']
+      lines.append('| %s | %s | %s | %s | %s | %s |' % (
+          ATTACK_TITLES.get(attack, attack), model, _fmt(t['normal']['accepted_fraction']),
+          _fmt(t['normal']['accepted_accuracy']), _fmt(t['adversarial']['accepted_fraction']),
+          _fmt(t['adversarial']['accepted_accuracy'])))
+  return '\n'.join(lines) + '\n'
+
+
+def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
+  """Finds every attack result of `dataset`, writes Table 2 (md, csv), ROC PNGs, thresholds.
+
+  Args:
+    results_dir: folder holding kernel_para_{dataset}/ and {attack}_{dataset}/{CE,RCE}/.
+    dataset: 'mnist' or 'cifar10'.
+    eps_round: 1-based eps round of the swept attacks (8 is eps 0.16).
+    out_dir: where the report goes (default {results_dir}/detect_{dataset}).
+    threshold: 'median' (training median K-density per class) of the thresholding test.
+
+  Returns:
+    (markdown text, {attack: {model: evaluate_attack result}}).
+  """
+  found = result_files.find_attacks(results_dir, dataset)
+  if not found:
+    raise result_files.ResultsError(
+        'no complete attack results for %s under %s (expected {attack}_%s/{CE,RCE}/%s; run '
+        'test_adv.py --mode=attack first)' % (dataset, results_dir, dataset,
+                                              result_files.SUMMARY))
+  out_dir = out_dir or os.path.join(results_dir, 'detect_%s' % dataset)
+  kernel_dir = result_files.kernel_dir(dataset, results_dir)
+  detectors = {}
+  for model in sorted({m for dirs in found.values() for m in dirs}):
+    params = result_files.load_kernel_params(kernel_dir, model == 'RCE', dataset)
+    kd = detection.KernelDensity(float(params['sigma2'])).fit(params['points'],
+                                                            params['point_labels'])
+    if threshold != 'median':
+      raise ValueError('unknown threshold rule %r' % threshold)
+    detectors[model] = (kd, params['medians'])
+
+  results, rows = [], []
+  for attack in _ordered(found):
+    per_model = {}
+    for model, directory in sorted(found[attack].items()):
+      kd, thresholds = detectors[model]
+      per_model[model] = evaluate_attack(directory, kd, thresholds, eps_round)
+      logging.info('%s %s: %d kept examples', attack, model, per_model[model]['n_kept'])
+    results.append((attack, per_model))
+    aucs = {(m, model): r['auc'][m] for model, r in per_model.items()
+            for m in detection.TABLE_METRICS}
+    title = ATTACK_TITLES.get(attack, attack)
+    eps = {r['eps'] for r in per_model.values()}
+    if len(found[attack]) and any(result_files.load_summary(d)['num_rounds'] > 1
+                                  for d in found[attack].values()):
+      title += ' (eps %s)' % '/'.join('%g' % e for e in sorted(eps))
+    rows.append((title, aucs, {model: r['n_kept'] for model, r in per_model.items()}))
+    curves = [('%s %s' % (model, detection.METRIC_NAMES[m]), r['roc'][m][0], r['roc'][m][1],
+               r['auc'][m]) for model, r in sorted(per_model.items())
+              for m in detection.TABLE_METRICS if m in r['roc']]
+    if curves:
+      detection.plot_roc(curves, os.path.join(out_dir, 'roc_%s.png' % attack),
+                         'ROC, %s on %s' % (title, dataset))
+
+  table = detection.table_markdown(
+      rows, title='AUC of detection on %s (rows: attacks; normal = positives)' % dataset)
+  text = (table + '\nK-density under the predicted class; kept examples: normal classified '
+          'correctly and adversarial misclassified. Swept attacks at eps round %d.\n\n'
+          '### Thresholding test (per-class threshold: training median K-density)\n\n%s'
+          % (eps_round, threshold_markdown(results)))
+  io_utils.atomic_write_text(os.path.join(out_dir, 'table2.md'), text)
+  io_utils.atomic_write_text(os.path.join(out_dir, 'table2.csv'), detection.table_csv(rows))
+  return text, dict(results)

@@ -1,0 +1,66 @@
+"""A trained model restored once into a session, with placeholders for numpy batches.
+
+test_adv.py builds everything it needs (attacks included) on top of this one graph: the
+model function applies the RCE flip, images are fed, nothing is added per batch or round.
+"""
+import numpy as np
+import tensorflow as tf
+
+import checkpoints
+import dataset_input
+import detection
+import resnet_model
+
+tf1 = tf.compat.v1
+
+
+class RestoredModel(object):
+  """Graph + session of the eval-mode ResNet of a checkpoint.
+
+  Attributes:
+    images: float32 placeholder [None, H, W, C] in [-0.5, 0.5].
+    logits: flipped logits [None, 10] of `images`; feature: [None, 64].
+    model_fn: x -> (flipped logits, feature), sharing the restored variables.
+  """
+
+  def __init__(self, hps, dataset, log_root, config=None):
+    self.hps = hps
+    self.spec = dataset_input.get_spec(dataset)
+    self.ckpt = checkpoints.require_checkpoint(log_root)
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      self.model_fn = resnet_model.make_model_fn(hps)
+      self.images = tf1.placeholder(tf.float32, [None] + list(dataset_input.image_shape(
+          self.spec)), name='images')
+      self.logits, self.feature = self.model_fn(self.images)
+      self.variables = resnet_model.model_variables()
+    self.sess = tf1.Session(graph=self.graph, config=config)
+    with self.graph.as_default():
+      self.step = checkpoints.restore(self.sess, self.ckpt, self.variables)
+
+  def init_new_variables(self):
+    """Initializes the variables added after the restore (attack state), not the model's."""
+    with self.graph.as_default():
+      restored = set(self.variables)
+      fresh = [v for v in tf1.global_variables() if v not in restored]
+      if fresh:
+        self.sess.run(tf1.variables_initializer(fresh))
+
+  def outputs(self, images, batch_size=100):
+    """Flipped logits [N, 10] and features [N, 64] of numpy `images`, batch by batch."""
+    logits, features = [], []
+    for start in range(0, len(images), batch_size):
+      lg, ft = self.sess.run([self.logits, self.feature],
+                             {self.images: images[start:start + batch_size]})
+      logits.append(lg)
+      features.append(ft)
+    return np.concatenate(logits), np.concatenate(features)
+
+  def close(self):
+    self.sess.close()
+
+
+def prediction_stats(logits):
+  """Predicted labels, confidence and non-ME of flipped logits [N, 10] (numpy)."""
+  probs = detection.softmax(logits)
+  return probs.argmax(axis=1), detection.confidence(probs), detection.non_me(probs)

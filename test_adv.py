@@ -1,0 +1,151 @@
+"""Attacks, kernel parameters and detection of a trained model (SPEC.md sections 8-9).
+
+  python test_adv.py --eval_data_path='mnist_dataset/data_test.bin' \\
+    --log_root=models_mnist/resnet32 --dataset='mnist' --num_gpus=1 --num_residual_units=5 \\
+    --Optimizer='mom' --mode=attack --RCE_train=True --attack_method='fgsm' --eval_batch_count=5
+
+Modes:
+  attack       attacks --eval_batch_count batches of --attack_batch_size test images, sweeping
+               eps 0.02..0.20 for the eps attacks (C&W runs once); writes the original's files
+               into {attack}_{dataset}/{RCE|CE}/ under --results_dir, or --save_pwd.
+  kernel_para  features of --eval_batch_count batches of 100 training images
+               (--train_data_path) -> kernel_para_{dataset}/ (kernel points, medians).
+  detect       the AUC table (paper's Table 2), ROC curves and the thresholding test of every
+               attack result under --results_dir, for CE and RCE side by side.
+"""
+import os
+import sys
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+import attack_runner
+import attacks
+import checkpoints
+import common_flags
+import dataset_input
+import detect_report
+import result_files
+import restored_model
+import training
+
+tf1 = tf.compat.v1
+FLAGS = common_flags.FLAGS
+MODES = ('attack', 'kernel_para', 'detect')
+
+
+def define_flags():
+  common_flags.define_base_flags()
+  common_flags.define_eval_flags()
+  common_flags.define_attack_flags()
+
+
+def _attack_params():
+  return attack_runner.AttackParams(
+      batch_size=FLAGS.attack_batch_size, nb_iter=FLAGS.bim_nb_iter,
+      jsma_max_iter=FLAGS.jsma_max_iter, cw_batch_size=FLAGS.cw_batch_size,
+      cw_max_iterations=FLAGS.cw_max_iterations,
+      cw_binary_search_steps=FLAGS.cw_binary_search_steps,
+      cw_learning_rate=FLAGS.cw_learning_rate, cw_initial_const=FLAGS.cw_initial_const,
+      seed=FLAGS.seed)
+
+
+def _restore(batch_size):
+  _, config = training.tower_devices(min(FLAGS.num_gpus, 1))
+  return restored_model.RestoredModel(common_flags.hparams_from_flags(batch_size),
+                                      FLAGS.dataset, FLAGS.log_root, config)
+
+
+def run_attack():
+  """--mode=attack: every check first, then one graph, then the rounds, then the files."""
+  spec = attacks.get_attack(FLAGS.attack_method)
+  n = FLAGS.eval_batch_count * FLAGS.attack_batch_size
+  images, labels = dataset_input.load_arrays(FLAGS.dataset, FLAGS.eval_data_path, n)
+  if len(images) < n:
+    logging.warning('the test files hold %d images, fewer than %d = --eval_batch_count x '
+                    '--attack_batch_size: attacking %d', len(images), n, len(images))
+  kernel = None
+  if spec.white_box:
+    kernel = result_files.load_kernel_params(
+        result_files.kernel_dir(FLAGS.dataset, FLAGS.results_dir), FLAGS.RCE_train,
+        FLAGS.dataset)
+  model = _restore(FLAGS.attack_batch_size)
+  params = _attack_params()
+  if spec.kind == 'eps':
+    attack, eps_list = attack_runner.EpsAttack(model, spec, params), attack_runner.eps_schedule(
+        FLAGS.eps)
+  else:
+    attack, eps_list = attack_runner.CWAttack(model, spec, params, kernel), [None]
+  model.init_new_variables()
+  model.graph.finalize()  # nothing may be added per batch or round
+  out_dir = result_files.attack_dir(FLAGS.attack_method, FLAGS.dataset, FLAGS.RCE_train,
+                                    FLAGS.save_pwd, FLAGS.results_dir)
+  logging.info('%s on %d images of %s (%s model, checkpoint step %d) -> %s',
+               FLAGS.attack_method, len(images), FLAGS.eval_data_path,
+               result_files.model_name(FLAGS.RCE_train), model.step, out_dir)
+  progress = attack_runner.Progress(FLAGS.attack_method, len(images) * len(eps_list))
+  extra = {}
+  if spec.kind == 'eps':
+    adv_rounds = attack.run(images, eps_list, progress)
+  else:
+    targets = attack_runner.random_targets(labels, FLAGS.seed)
+    adv_rounds, extra = attack.run(images, targets, progress)
+  arrays, per_round = attack_runner.collect(model, images, labels, adv_rounds, eps_list)
+  summary = {'attack': FLAGS.attack_method, 'dataset': FLAGS.dataset,
+             'model': result_files.model_name(FLAGS.RCE_train), 'checkpoint': model.ckpt,
+             'checkpoint_step': model.step, 'num_examples': len(images),
+             'num_rounds': len(eps_list), 'eps': eps_list, 'rounds': per_round,
+             'num_residual_units': FLAGS.num_residual_units, 'attack_stats': extra}
+  result_files.save_attack_results(out_dir, arrays, summary)
+  if extra:
+    logging.info('%s: %s', FLAGS.attack_method, extra)
+  print('wrote %s results (%d images, %d rounds) to %s'
+        % (FLAGS.attack_method, len(images), len(eps_list), out_dir))
+  model.close()
+  return out_dir
+
+
+def run_kernel_para():
+  """--mode=kernel_para: training features -> kernel points and per-class medians."""
+  pattern = FLAGS.train_data_path or FLAGS.eval_data_path
+  if not FLAGS.train_data_path:
+    logging.info('--train_data_path not given: taking the training images from '
+                 '--eval_data_path=%s', pattern)
+  images, labels = dataset_input.load_arrays(FLAGS.dataset, pattern,
+                                             FLAGS.eval_batch_count * 100)
+  model = _restore(100)
+  _, features = model.outputs(images)
+  model.close()
+  params = detect_report.kernel_params(features, labels, FLAGS.RCE_train,
+                                       FLAGS.kernel_per_class, FLAGS.kernel_subset, FLAGS.seed)
+  out_dir = result_files.kernel_dir(FLAGS.dataset, FLAGS.results_dir)
+  result_files.save_kernel_params(out_dir, FLAGS.RCE_train, features, labels, params)
+  print('wrote kernel parameters of %d training features (%s) to %s'
+        % (len(features), result_files.model_name(FLAGS.RCE_train), out_dir))
+  return out_dir
+
+
+def run_detect():
+  """--mode=detect: Table 2, ROC curves and the thresholding test."""
+  text, _ = detect_report.detect(FLAGS.results_dir, FLAGS.dataset, FLAGS.eps_round)
+  print(text)
+  return text
+
+
+def main(argv):
+  del argv
+  mode = FLAGS.mode or 'attack'
+  try:
+    common_flags.check_mode(MODES, 'test_adv.py')
+    {'attack': run_attack, 'kernel_para': run_kernel_para, 'detect': run_detect}[mode]()
+  except (dataset_input.DataError, checkpoints.CheckpointError, result_files.ResultsError,
+          ValueError) as e:
+    sys.exit('error: %s' % e)
+
+
+if __name__ == '__main__':
+  define_flags()
+  tf1.disable_eager_execution()
+  logging.set_verbosity(logging.INFO)
+  tf1.app.run(main)
