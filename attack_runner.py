@@ -130,10 +130,11 @@ class CWAttack(object):
     if spec.white_box:
       if kernel is None:
         raise ValueError('carliniL2_specific needs the kernel parameters')
-      f2 = _f2_fn(model.model_fn, kernel)
-      self.wb = attacks.CarliniWagnerL2(model.sess, logits_fn, shape, params.cw_batch_size,
-                                        confidence=spec.confidence, extra_loss_fn=f2, **common)
       with model.graph.as_default():
+        f2 = _f2_fn(model.model_fn, kernel)
+        self.wb = attacks.CarliniWagnerL2(model.sess, logits_fn, shape, params.cw_batch_size,
+                                          confidence=spec.confidence, extra_loss_fn=f2,
+                                          **common)
         self.targets = tf1.placeholder(tf.float32, [None, 10])
         self.f2 = f2(model.images, self.targets)
 

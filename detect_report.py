@@ -138,10 +138,9 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
     aucs = {(m, model): r['auc'][m] for model, r in per_model.items()
             for m in detection.TABLE_METRICS}
     title = ATTACK_TITLES.get(attack, attack)
-    eps = {r['eps'] for r in per_model.values()}
-    if len(found[attack]) and any(result_files.load_summary(d)['num_rounds'] > 1
-                                  for d in found[attack].values()):
-      title += ' (eps %s)' % '/'.join('%g' % e for e in sorted(eps))
+    eps = sorted({r['eps'] for r in per_model.values() if r['eps'] is not None})
+    if eps:
+      title += ' (eps %s)' % '/'.join('%g' % e for e in eps)
     rows.append((title, aucs, {model: r['n_kept'] for model, r in per_model.items()}))
     curves = [('%s %s' % (model, detection.METRIC_NAMES[m]), r['roc'][m][0], r['roc'][m][1],
                r['auc'][m]) for model, r in sorted(per_model.items())

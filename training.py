@@ -145,8 +145,8 @@ class LoggingHook(tf1.train.SessionRunHook):
     step += 1  # the global step after this run's apply
     now = time.time()
     if self._last is None:
-      self._last = (step, now)
-    elif step - self._last[0] >= self._every:
+      self._last = (step - 1, now)  # the clock starts with the first run
+    if step % self._every == 0:
       rate = (step - self._last[0]) / max(now - self._last[1], 1e-9)
       logging.info('step %d: loss %.4f, precision %.4f, lr %g, %.2f steps/s (%.0f images/s)',
                    step, loss, prec, lr, rate, rate * self._batch_size)

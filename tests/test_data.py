@@ -360,6 +360,18 @@ def test_digits_converter_cli(tmp_path, digits_dir):
       assert a.read() == b.read()
 
 
+def test_written_data_files_get_ordinary_permissions(tmp_path):
+  """Regression: io_utils.atomic_write_bytes writes through tempfile.mkstemp, which creates
+  mode 0600; data and result files must get a plain open()'s 0666 & ~umask instead."""
+  pixels, labels = mnist_arrays(2, seed=13)
+  path = str(tmp_path / 'data.bin')
+  dataset_input.write_mnist_records(path, pixels, labels)
+  umask = os.umask(0)
+  os.umask(umask)
+  mode = os.stat(path).st_mode & 0o777
+  assert mode == 0o666 & ~umask, 'written with mode %o, expected %o' % (mode, 0o666 & ~umask)
+
+
 # ---- the scripts import without parsing the command line ---------------------------------
 
 

@@ -1,0 +1,79 @@
+"""t-SNE picture of the 64-d features: normal vs adversarial, CE and RCE side by side.
+
+  python t_sne.py --dataset=mnist --attack_method=fgsm --results_dir=. --eps_round=1
+
+reads {attack}_{dataset}/{CE,RCE}/ (whichever exist; or --ce_dir / --rce_dir) and writes
+--tsne_out (default {results_dir}/detect_{dataset}/tsne_{attack}.png). Normal points are
+coloured by their true class; adversarial points (the successful ones: normal correct,
+adversarial wrong) by the class the model gives them, drawn as crosses.
+"""
+import os
+import sys
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+import common_flags
+import detection
+import result_files
+
+flags = tf.compat.v1.app.flags
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  common_flags.define_base_flags()
+  common_flags.define_attack_flags()
+  flags.DEFINE_string('ce_dir', '', 'CE attack result folder (default: the standard layout).')
+  flags.DEFINE_string('rce_dir', '', 'RCE attack result folder (default: the standard layout).')
+  flags.DEFINE_string('tsne_out', '', 'Output PNG.')
+  flags.DEFINE_integer('tsne_max_points', 500, 'At most this many normal (and adversarial) '
+                       'points per panel.')
+
+
+def panel(directory, title, eps_round, max_points, seed=0):
+  """One panel dict for detection.plot_tsne from an attack result folder."""
+  summary = result_files.load_summary(directory)
+  data = result_files.load_attack_round(
+      directory, eps_round - 1 if summary['num_rounds'] > 1 else 0)
+  keep = detection.kept_mask(data['labels_true'], data['labels_nor'], data['labels_adv'])
+  rng = np.random.RandomState(seed)
+  nor = rng.permutation(len(keep))[:max_points]
+  adv = rng.permutation(np.flatnonzero(keep))[:max_points]
+  features = np.concatenate([data['logits_nor'][nor], data['logits_adv'][adv]])
+  labels = np.concatenate([data['labels_true'][nor], data['labels_adv'][adv]])
+  is_adv = np.concatenate([np.zeros(len(nor), bool), np.ones(len(adv), bool)])
+  eps = summary['eps'][eps_round - 1] if summary['num_rounds'] > 1 else summary['eps'][0]
+  suffix = '' if eps is None else ', eps %g' % eps
+  return {'title': '%s (%d normal, %d adversarial%s)' % (title, len(nor), len(adv), suffix),
+          'embedding': detection.tsne_embed(features, seed=seed), 'labels': labels,
+          'is_adv': is_adv}
+
+
+def main(argv):
+  del argv
+  dirs = {'CE': FLAGS.ce_dir or result_files.attack_dir(
+              FLAGS.attack_method, FLAGS.dataset, False, results_dir=FLAGS.results_dir),
+          'RCE': FLAGS.rce_dir or result_files.attack_dir(
+              FLAGS.attack_method, FLAGS.dataset, True, results_dir=FLAGS.results_dir)}
+  present = [(m, d) for m, d in sorted(dirs.items()) if result_files.is_complete(d)]
+  if not present:
+    sys.exit('error: no complete attack results in %s; run test_adv.py --mode=attack first'
+             % ' or '.join(dirs.values()))
+  out = FLAGS.tsne_out or os.path.join(FLAGS.results_dir, 'detect_%s' % FLAGS.dataset,
+                                       'tsne_%s.png' % FLAGS.attack_method)
+  try:
+    panels = [panel(d, '%s, %s' % (m, FLAGS.attack_method), FLAGS.eps_round,
+                    FLAGS.tsne_max_points, FLAGS.seed) for m, d in present]
+  except result_files.ResultsError as e:
+    sys.exit('error: %s' % e)
+  detection.plot_tsne(panels, out)
+  logging.info('t-SNE of %s written to %s', ', '.join(m for m, _ in present), out)
+  print('wrote %s' % out)
+
+
+if __name__ == '__main__':
+  define_flags()
+  logging.set_verbosity(logging.INFO)
+  tf.compat.v1.app.run(main)

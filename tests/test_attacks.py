@@ -1,0 +1,361 @@
+"""Property tests of attacks/ on small ResNets trained on the bundled digits (seeded, CPU).
+
+One graph for the module: an RCE and a CE ResNet-8 (num_residual_units=1, variable scopes
+'rce' and 'ce'), trained 300 steps each, and every attack graph, built once; the graph is
+then finalized, so any op an attack tried to add while running would fail the test.
+"""
+import os
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import attacks  # pylint: disable=g-import-not-at-top
+import dataset_input  # pylint: disable=g-import-not-at-top
+import resnet_model  # pylint: disable=g-import-not-at-top
+
+tf1 = tf.compat.v1
+tf1.disable_eager_execution()
+
+TRAIN_STEPS = 300
+TRAIN_BATCH = 64
+NUM_ATTACKED = 100  # test images attacked
+CW_ITERATIONS = 100
+CW_SEARCH_STEPS = 4
+CW_SMALL = 25  # images for the C&W-hc and extra-loss checks
+SWEEP = (0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2)
+TOL = 1e-6
+
+
+def _scoped_logits_fn(hps, scope):
+  """logits_fn of the model in variable scope `scope`, wherever it is called from."""
+  base = resnet_model.make_logits_fn(hps)
+
+  def logits_fn(x):
+    with tf1.variable_scope(scope, reuse=tf1.AUTO_REUSE):
+      return base(x)
+
+  return logits_fn
+
+
+def _train(sess, hps, scope, train_x, train_y, seed):
+  """Builds and runs a short momentum training loop (BN updates included)."""
+  x = tf1.placeholder(tf.float32, [TRAIN_BATCH, 28, 28, 1])
+  y = tf1.placeholder(tf.float32, [TRAIN_BATCH, 10])
+  with tf1.variable_scope(scope, reuse=tf1.AUTO_REUSE):
+    logits, _, update_ops = resnet_model.build_network(hps, x, 'train')
+  variables = tf1.trainable_variables(scope.name + '/')
+  loss = (resnet_model.classification_loss(logits, y, hps.RCE_train)
+          + resnet_model.weight_decay(hps, variables))
+  optimizer = tf1.train.MomentumOptimizer(0.05, 0.9)
+  with tf.control_dependencies(update_ops):
+    train_op = optimizer.minimize(loss, var_list=variables)
+  sess.run(tf1.variables_initializer(tf1.global_variables(scope.name + '/')
+                                     + optimizer.variables()))
+  rng = np.random.RandomState(seed)
+  onehot = np.eye(10, dtype=np.float32)
+  for _ in range(TRAIN_STEPS):
+    idx = rng.randint(0, len(train_x), TRAIN_BATCH)
+    sess.run(train_op, {x: train_x[idx], y: onehot[train_y[idx]]})
+
+
+@pytest.fixture(scope='module')
+def lab():
+  """Trains both models and builds every attack graph once; yields a namespace."""
+  start = time.time()
+  train_x, train_y, test_x, test_y = dataset_input.digits_arrays()
+  train_x = (train_x - 0.5)[..., None].astype(np.float32)
+  test_x = (test_x - 0.5)[..., None].astype(np.float32)
+  graph = tf.Graph()
+  with graph.as_default():
+    tf1.set_random_seed(1234)
+    sess = tf1.Session(graph=graph, config=tf1.ConfigProto(
+        intra_op_parallelism_threads=2, inter_op_parallelism_threads=1))
+    hps_rce = resnet_model.default_hparams(num_residual_units=1, RCE_train=True)
+    hps_ce = resnet_model.default_hparams(num_residual_units=1, RCE_train=False)
+    with tf1.variable_scope('rce') as rce_scope:
+      pass
+    with tf1.variable_scope('ce') as ce_scope:
+      pass
+    _train(sess, hps_rce, rce_scope, train_x, train_y, seed=0)
+    _train(sess, hps_ce, ce_scope, train_x, train_y, seed=1)
+    rce_fn = _scoped_logits_fn(hps_rce, rce_scope)
+    ce_fn = _scoped_logits_fn(hps_ce, ce_scope)
+    # The raw (unflipped) logits of the RCE model, to show the flip matters.
+    raw_fn = _scoped_logits_fn(hps_rce._replace(RCE_train=False), rce_scope)
+
+    x = tf1.placeholder(tf.float32, [None, 28, 28, 1], name='x')
+    eps = tf1.placeholder(tf.float32, [], name='eps')
+    y_target = tf1.placeholder(tf.float32, [None, 10], name='y_target')
+    ns = types.SimpleNamespace(sess=sess, graph=graph, x=x, eps=eps, y_target=y_target)
+    ns.logits = rce_fn(x)
+    ns.raw_logits = raw_fn(x)
+    ns.ce_logits = ce_fn(x)
+    ns.ops = {
+        'random': attacks.random_noise(x, eps, seed=7),
+        'fgsm': attacks.fgsm(rce_fn, x, eps),
+        'bim': attacks.bim(rce_fn, x, eps),
+        'tgsm': attacks.ilcm(rce_fn, x, eps),
+        'jsma': attacks.jsma(rce_fn, x, eps),
+    }
+    ns.fgsm_grad_sign = tf.sign(tf.gradients(tf.reduce_sum(
+        tf.nn.softmax_cross_entropy_with_logits(
+            labels=attacks.gradient.model_prediction(ns.logits), logits=ns.logits)), x)[0])
+    ns.jsma_targeted = attacks.jsma(rce_fn, x, eps, y_target=y_target)
+    ns.jsma_per_example = attacks.jsma(rce_fn, x, eps, y_target=y_target, per_example=True)
+    ns.cw = attacks.CarliniWagnerL2(
+        sess, rce_fn, (28, 28, 1), batch_size=NUM_ATTACKED, max_iterations=CW_ITERATIONS,
+        binary_search_steps=CW_SEARCH_STEPS)
+    # Tiny and cheap, to check chunking and padding.
+    ns.cw_tiny = attacks.CarliniWagnerL2(sess, rce_fn, (28, 28, 1), batch_size=4,
+                                         max_iterations=10, binary_search_steps=2)
+    ns.cw_hc = attacks.CarliniWagnerL2(
+        sess, ce_fn, (28, 28, 1), batch_size=CW_SMALL,
+        confidence=attacks.carlini.HIGHCON_CONFIDENCE,
+        max_iterations=CW_ITERATIONS, binary_search_steps=CW_SEARCH_STEPS)
+    ns.cw_extra = attacks.CarliniWagnerL2(
+        sess, ce_fn, (28, 28, 1), batch_size=CW_SMALL, max_iterations=CW_ITERATIONS,
+        binary_search_steps=CW_SEARCH_STEPS, extra_loss_fn=_toy_f2(ce_fn))
+    ns.toy_f2 = _toy_f2(ce_fn)(x, y_target)
+    graph.finalize()
+
+  ns.test_x, ns.test_y = test_x[:NUM_ATTACKED], test_y[:NUM_ATTACKED]
+  ns.clean_logits = sess.run(ns.logits, {x: ns.test_x})
+  ns.clean_ce_logits = sess.run(ns.ce_logits, {x: ns.test_x})
+  # C&W targets: a random class other than the true one (seeded).
+  shift = np.random.RandomState(5).randint(1, 10, NUM_ATTACKED)
+  ns.cw_target = (ns.test_y + shift) % 10
+  ns.run = lambda op, images, e, feed=None: sess.run(op, {**(feed or {}), x: images, eps: e})
+  ns.predict = lambda images: sess.run(ns.logits, {x: images}).argmax(1)
+  print('lab fixture: %.1fs' % (time.time() - start))
+  yield ns
+  sess.close()
+
+
+def _toy_f2(logits_fn, min_prob=0.9):
+  """A detector-like extra term: f2 = log(min_prob) - log p_t(x) <= 0 iff p_t >= min_prob."""
+
+  def f2(x_new, y_target):
+    log_p = tf.nn.log_softmax(logits_fn(x_new))
+    return np.log(min_prob) - tf.reduce_sum(y_target * log_p, axis=1)
+
+  return f2
+
+
+def _onehot(labels):
+  return np.eye(10, dtype=np.float32)[labels]
+
+
+def _l2(a, b):
+  return np.sqrt(np.sum(np.square(a - b).reshape(len(a), -1), axis=1))
+
+
+# ---- the model and the flip -------------------------------------------------------------
+
+
+def test_rce_model_is_trained_and_flip_matters(lab):
+  flipped = (lab.clean_logits.argmax(1) == lab.test_y).mean()
+  raw = (lab.sess.run(lab.raw_logits, {lab.x: lab.test_x}).argmax(1) == lab.test_y).mean()
+  ce = (lab.clean_ce_logits.argmax(1) == lab.test_y).mean()
+  assert flipped >= 0.8, flipped
+  assert raw <= 0.2, raw
+  assert ce >= 0.8, ce
+
+
+def test_fgsm_lowers_flipped_accuracy_of_rce_model(lab):
+  clean = (lab.clean_logits.argmax(1) == lab.test_y).mean()
+  adv = lab.run(lab.ops['fgsm'], lab.test_x, 0.1)
+  accuracy = (lab.predict(adv) == lab.test_y).mean()
+  assert accuracy < clean - 0.3, (clean, accuracy)
+
+
+# ---- ranges, norms, identity --------------------------------------------------------------
+
+
+@pytest.mark.parametrize('name', ['random', 'fgsm', 'bim', 'tgsm', 'jsma'])
+def test_outputs_in_range_and_eps_zero_is_identity(lab, name):
+  images = lab.test_x[:10]
+  for e in (0.1, 0.3):
+    adv = lab.run(lab.ops[name], images, e)
+    assert adv.shape == images.shape
+    assert adv.min() >= -0.5 and adv.max() <= 0.5
+    assert not np.array_equal(adv, images)
+  np.testing.assert_array_equal(lab.run(lab.ops[name], images, 0.0), images)
+
+
+def test_random_noise_is_uniform_within_eps(lab):
+  interior = (lab.test_x > -0.4) & (lab.test_x < 0.4)
+  delta = (lab.run(lab.ops['random'], lab.test_x, 0.1) - lab.test_x)[interior]
+  assert np.abs(delta).max() <= 0.1 + TOL
+  assert np.abs(delta.mean()) < 0.01
+  assert np.abs(delta).mean() == pytest.approx(0.05, abs=0.005)
+
+
+def test_fgsm_moves_every_unclipped_pixel_by_exactly_eps(lab):
+  eps = 0.07
+  adv = lab.run(lab.ops['fgsm'], lab.test_x, eps)
+  sign = lab.sess.run(lab.fgsm_grad_sign, {lab.x: lab.test_x})
+  expected = np.clip(lab.test_x + eps * sign, -0.5, 0.5)
+  np.testing.assert_allclose(adv, expected, atol=TOL)
+  unclipped = (adv > -0.5) & (adv < 0.5) & (sign != 0)
+  assert unclipped.mean() > 0.3
+  np.testing.assert_allclose(np.abs(adv - lab.test_x)[unclipped], eps, atol=TOL)
+
+
+@pytest.mark.parametrize('name', ['bim', 'tgsm'])
+def test_iterative_attacks_stay_in_eps_ball(lab, name):
+  for e in (0.05, 0.2):
+    adv = lab.run(lab.ops[name], lab.test_x, e)
+    assert np.abs(adv - lab.test_x).max() <= e + TOL
+    assert adv.min() >= -0.5 and adv.max() <= 0.5
+
+
+# ---- targeted success ---------------------------------------------------------------------
+
+
+def test_ilcm_reaches_least_likely_class(lab):
+  adv = lab.run(lab.ops['tgsm'], lab.test_x, 0.3)
+  least_likely = lab.clean_logits.argmin(1)
+  assert (lab.predict(adv) == least_likely).mean() >= 0.7
+
+
+def test_jsma_reaches_target_changing_at_most_100_pixels(lab):
+  adv = lab.run(lab.ops['jsma'], lab.test_x, 1.0)
+  least_likely = lab.clean_logits.argmin(1)
+  assert (lab.predict(adv) == least_likely).mean() >= 0.7
+  changed = (adv != lab.test_x).reshape(len(adv), -1).sum(1)
+  assert changed.max() <= 100
+  assert np.all(adv >= lab.test_x)  # JSMA here only increases pixels
+  assert adv.min() >= -0.5 and adv.max() <= 0.5
+
+
+def test_jsma_batch_equals_per_example(lab):
+  images = lab.test_x[:6]
+  targets = _onehot(lab.cw_target[:6])
+  feed = {lab.y_target: targets}
+  batch = lab.run(lab.jsma_targeted, images, 1.0, feed)
+  one_by_one = lab.run(lab.jsma_per_example, images, 1.0, feed)
+  for i in range(len(images)):
+    single = lab.run(lab.jsma_targeted, images[i:i + 1], 1.0,
+                     {lab.y_target: targets[i:i + 1]})[0]
+    np.testing.assert_array_equal(batch[i], single)
+    np.testing.assert_array_equal(batch[i], one_by_one[i])
+  assert (batch != images).any()
+
+
+# ---- Carlini-Wagner -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def cw_run(lab):
+  adv = lab.cw.attack(lab.test_x, _onehot(lab.cw_target))
+  return adv, lab.cw.last_success.copy(), lab.cw.last_l2.copy()
+
+
+def test_carlini_reaches_random_target_with_small_l2(lab, cw_run):
+  adv, success, l2 = cw_run
+  assert adv.shape == lab.test_x.shape
+  assert adv.min() >= -0.5 and adv.max() <= 0.5
+  assert success.mean() >= 0.8, success.mean()
+  np.testing.assert_array_equal(lab.predict(adv)[success], lab.cw_target[success])
+  np.testing.assert_array_equal(adv[~success], lab.test_x[~success])
+  np.testing.assert_allclose(l2[success], _l2(adv, lab.test_x)[success], rtol=1e-5)
+  assert np.all(np.isinf(l2[~success]))
+  # BIM (untargeted) at the smallest swept eps where it fools at least as often as C&W.
+  for e in SWEEP:
+    bim_adv = lab.run(lab.ops['bim'], lab.test_x, e)
+    fooled = lab.predict(bim_adv) != lab.test_y
+    if fooled.mean() >= success.mean():
+      break
+  both = success & fooled
+  assert both.sum() >= 50
+  assert l2[both].mean() < _l2(bim_adv, lab.test_x)[both].mean(), e
+
+
+def test_carlini_high_confidence_margin(lab):
+  n = CW_SMALL
+  targets = lab.cw_target[:n]
+  adv = lab.cw_hc.attack(lab.test_x[:n], _onehot(targets))
+  success = lab.cw_hc.last_success
+  assert success.mean() >= 0.5, success.mean()
+  z = lab.sess.run(lab.ce_logits, {lab.x: adv})[success]
+  t = targets[success]
+  z_target = z[np.arange(len(t)), t]
+  z_other = np.where(_onehot(t) > 0, -np.inf, z).max(1)
+  assert np.all(z_target - z_other >= attacks.carlini.HIGHCON_CONFIDENCE - 1e-3)
+
+
+def test_carlini_extra_loss_success_needs_f2_nonpositive(lab):
+  n = CW_SMALL
+  images, targets = lab.test_x[:n], _onehot(lab.cw_target[:n])
+  f2_clean = lab.sess.run(lab.toy_f2, {lab.x: images, lab.y_target: targets})
+  assert np.all(f2_clean > 0)  # the term is active at the start
+  adv = lab.cw_extra.attack(images, targets)
+  success = lab.cw_extra.last_success
+  assert success.mean() >= 0.3, success.mean()
+  f2 = lab.sess.run(lab.toy_f2, {lab.x: adv, lab.y_target: targets})
+  assert np.all(f2[success] <= 1e-4)
+  z = lab.sess.run(lab.ce_logits, {lab.x: adv})
+  np.testing.assert_array_equal(z.argmax(1)[success], lab.cw_target[:n][success])
+  np.testing.assert_array_equal(adv[~success], images[~success])
+
+
+def test_carlini_chunks_and_pads_like_separate_calls(lab):
+  images, targets = lab.test_x[:6], _onehot(lab.cw_target[:6])
+  whole = lab.cw_tiny.attack(images, targets)  # chunks of 4 and 2 (padded to 4)
+  success, l2 = lab.cw_tiny.last_success, lab.cw_tiny.last_l2
+  assert whole.shape == images.shape and success.shape == l2.shape == (6,)
+  np.testing.assert_array_equal(whole[:4], lab.cw_tiny.attack(images[:4], targets[:4]))
+  np.testing.assert_array_equal(whole[4:], lab.cw_tiny.attack(images[4:], targets[4:]))
+  np.testing.assert_array_equal(success[4:], lab.cw_tiny.last_success)
+  np.testing.assert_array_equal(whole[~success], images[~success])
+
+
+def test_carlini_rejects_bad_shapes(lab):
+  with pytest.raises(ValueError):
+    lab.cw.attack(np.zeros((3, 32, 32, 3), np.float32), np.zeros((3, 10), np.float32))
+  with pytest.raises(ValueError):
+    lab.cw.attack(np.zeros((3, 28, 28, 1), np.float32), np.zeros((2, 10), np.float32))
+
+
+# ---- graph built once; registry -----------------------------------------------------------
+
+
+def test_graph_size_does_not_depend_on_eps(lab):
+  before = len(lab.graph.get_operations())
+  for e in (0.02, 0.1, 0.2):
+    for name in ('random', 'fgsm', 'bim', 'tgsm'):
+      lab.run(lab.ops[name], lab.test_x[:8], e)
+  lab.run(lab.ops['jsma'], lab.test_x[:4], 0.5)
+  assert len(lab.graph.get_operations()) == before
+  assert lab.graph.finalized
+
+
+def test_registry():
+  assert attacks.ATTACK_NAMES == ('random', 'fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2',
+                                  'carliniL2_highcon', 'carliniL2_specific')
+  for name in ('random', 'fgsm', 'bim', 'tgsm', 'jsma'):
+    spec = attacks.get_attack(name)
+    assert spec.kind == 'eps' and spec.confidence is None and callable(spec.fn)
+  assert attacks.get_attack('tgsm').fn is attacks.ilcm
+  confidences = {name: attacks.get_attack(name).confidence
+                 for name in ('carliniL2', 'carliniL2_highcon', 'carliniL2_specific')}
+  assert confidences == {'carliniL2': 0.0, 'carliniL2_highcon': 10.0, 'carliniL2_specific': 5.0}
+  assert all(attacks.get_attack(n).fn is attacks.CarliniWagnerL2 for n in confidences)
+  assert attacks.get_attack('carliniL2_specific').white_box
+
+
+def test_get_attack_unknown_name_lists_names_and_builds_nothing():
+  graph = tf.Graph()
+  with graph.as_default():
+    with pytest.raises(ValueError) as err:
+      attacks.get_attack('deepfool')
+  assert len(graph.get_operations()) == 0
+  message = str(err.value)
+  assert 'deepfool' in message
+  for name in attacks.ATTACK_NAMES:
+    assert name in message
