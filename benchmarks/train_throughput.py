@@ -12,6 +12,10 @@ updates. It is built below with the same variable structure and order, so before
 weights of ours are copied into it and a train-mode forward pass (loss, logits) and one full
 training step (every variable after it) are compared.
 
+Besides wall-clock images/s (the headline, median of the blocks) the script prints images per
+CPU-second of this process, which moves less when other processes share the cores. --profile N
+traces N steps of each graph (ops serialized) and prints where the time goes.
+
   python benchmarks/train_throughput.py [--batch_size 128] [--steps 3] [--blocks 15] \
       [--warmup 3] [--num_residual_units 5] [--dataset mnist] [--profile N]
 """
@@ -283,8 +287,9 @@ def main():
         % (n_copied, loss_a, loss_b, d_loss, d_logits, 'OK' if ok_fwd else 'MISMATCH'))
   # And one full training step from the same state: every variable after it. The momentum
   # slots hold the first gradients, compared relative to each slot's largest entry: in float32
-  # the gradients of this deep random-init net carry ~1e-2 relative rounding error whichever
-  # way BN is computed, so they get a looser tolerance than the forward pass.
+  # the gradients of this deep random-init net are ill-conditioned (against a float64 copy of
+  # the original graph: up to ~1e-2 relative error for the original itself, ~3e-2 for ours),
+  # so they get a looser tolerance than the forward pass.
   sess_ours.run(ours['train_op'])
   sess_orig.run(orig['train_op'])
   names = [v.op.name for v in model_vars(ours['variables'])]
@@ -301,6 +306,7 @@ def main():
         '(tol 1e-3); gradients (momentum slots) max relative diff %.3g (tol 5e-2) -> %s'
         % (d_state, d_grad, 'OK' if ok_step else 'MISMATCH'))
 
+  load_before = os.getloadavg()[0]
   for _ in range(args.warmup):
     sess_ours.run(ours['train_op'])
     sess_orig.run(orig['train_op'])
@@ -319,8 +325,9 @@ def main():
   train_flops = 3 * flops  # a training step counted as 3x the forward FLOPs per image
   print('timing: %d warmup steps each, then %d alternating blocks x %d steps per model '
         '(batch %d); GFLOP/s counts a training step as 3x the forward FLOPs per image '
-        '(%.2f MFLOP/image)' % (args.warmup, args.blocks, args.steps, args.batch_size,
-                                train_flops / 1e6))
+        '(%.2f MFLOP/image); 1-min load average %.1f before, %.1f after'
+        % (args.warmup, args.blocks, args.steps, args.batch_size, train_flops / 1e6,
+           load_before, os.getloadavg()[0]))
   print('%-9s %10s %9s %13s   %s' % ('graph', 'images/s', 'GFLOP/s', 'images/CPU-s',
                                      'per-block images/s (wall)'))
   med, med_cpu = {}, {}
