@@ -39,6 +39,8 @@ class CarliniWagnerL2(object):
     last_success: bool [N], whether each example was ever successful.
     last_l2: float32 [N], L2 norm ||x_adv - x||_2 of the returned example, np.inf where
       unsuccessful.
+    last_iterations: Adam iterations run in all, over chunks and binary-search steps (abort
+      early makes it smaller than chunks * binary_search_steps * max_iterations).
   """
 
   def __init__(self, sess, logits_fn, image_shape, batch_size, confidence=CONFIDENCE,
@@ -83,6 +85,7 @@ class CarliniWagnerL2(object):
     self.repeat = self.binary_search_steps >= 10
     self.last_success = None
     self.last_l2 = None
+    self.last_iterations = None
     # A name scope only: a variable scope would make logits_fn create a second model.
     with sess.graph.as_default(), tf1.name_scope('carlini_l2'):
       self._build(logits_fn, extra_loss_fn)
@@ -92,8 +95,8 @@ class CarliniWagnerL2(object):
     shape = (self.batch_size,) + self.image_shape
     axes = list(range(1, len(shape)))
 
-    def local(name, var_shape, dtype=tf.float32):
-      return tf1.Variable(tf.zeros(var_shape, dtype), name=name, trainable=False,
+    def local(name, var_shape):
+      return tf1.Variable(tf.zeros(var_shape, tf.float32), name=name, trainable=False,
                           collections=[tf1.GraphKeys.LOCAL_VARIABLES])
 
     timg = local('timg', shape)  # arctanh-space images
@@ -178,6 +181,7 @@ class CarliniWagnerL2(object):
       self._step_l2 = tf.identity(best_l2)
       self._step_img = tf.identity(best_img)
     self._iterations = out[0]
+    self._reset = reset
 
   def attack(self, x, y_target):
     """Runs the attack on any number of examples, batch_size at a time.
@@ -198,6 +202,7 @@ class CarliniWagnerL2(object):
     if len(x) != len(y_target):
       raise ValueError('%d images but %d targets' % (len(x), len(y_target)))
     n = len(x)
+    self.last_iterations = 0
     adv = x.copy()
     success = np.zeros(n, bool)
     for start in range(0, n, self.batch_size):
@@ -230,8 +235,10 @@ class CarliniWagnerL2(object):
     for outer in range(self.binary_search_steps):
       if self.repeat and outer == self.binary_search_steps - 1:
         const = upper
-      step_l2, step_img = self.sess.run([self._step_l2, self._step_img],
-                                        {self._const_ph: const.astype(np.float32)})
+      step_l2, step_img, iterations = self.sess.run(
+          [self._step_l2, self._step_img, self._iterations],
+          {self._const_ph: const.astype(np.float32)})
+      self.last_iterations += int(iterations)
       ok = step_l2 < _NO_L2  # some iteration of this step succeeded
       better = ok & (step_l2 < o_best_l2)
       o_best_l2[better] = step_l2[better]
