@@ -6,8 +6,12 @@ paper's README commands run as written. Each script calls the groups it needs be
 scripts. Scripts turn flags into an immutable HParams with `hparams_from_flags` and pass
 that on: no other module reads FLAGS.
 """
+import sys
+
+from absl import logging
 import tensorflow as tf
 
+import checkpoints
 import dataset_input
 import resnet_model
 
@@ -111,5 +115,25 @@ def hparams_from_flags(batch_size=128):
 def check_mode(allowed, script):
   """Rejects a --mode this script does not run (None is taken as the script's default)."""
   if FLAGS.mode is not None and FLAGS.mode not in allowed:
-    raise flags.ValidationError('%s: --mode=%s is not one of %s'
-                                % (script, FLAGS.mode, ', '.join(allowed)))
+    raise ValueError('%s: --mode=%s is not one of %s'
+                     % (script, FLAGS.mode, ', '.join(allowed)))
+
+
+def run_script(define_flags, body):
+  """The entry point of every script: flags, graph mode, logging, then `body()`.
+
+  Bad input (ValueError and its subclasses DataError / ResultsError, CheckpointError) ends
+  the script with 'error: ...' on stderr and exit status 1, not a traceback.
+  """
+  define_flags()
+  tf.compat.v1.disable_eager_execution()
+  logging.set_verbosity(logging.INFO)
+
+  def main(argv):
+    del argv
+    try:
+      body()
+    except (ValueError, checkpoints.CheckpointError) as e:
+      sys.exit('error: %s' % e)
+
+  tf.compat.v1.app.run(main)

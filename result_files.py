@@ -114,6 +114,8 @@ def load_attack_round(directory, round_index):
 
 def find_attacks(results_dir, dataset):
   """{attack: {'CE': dir, 'RCE': dir}} for every complete result folder of `dataset`."""
+  if not os.path.isdir(results_dir):
+    raise ResultsError('--results_dir=%s is not a folder' % results_dir)
   found = {}
   suffix = '_' + dataset
   for entry in sorted(os.listdir(results_dir)):

@@ -13,16 +13,12 @@ Modes:
   detect       the AUC table (paper's Table 2), ROC curves and the thresholding test of every
                attack result under --results_dir, for CE and RCE side by side.
 """
-import os
-import sys
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 
 import attack_runner
 import attacks
-import checkpoints
 import common_flags
 import dataset_input
 import detect_report
@@ -133,19 +129,11 @@ def run_detect():
   return text
 
 
-def main(argv):
-  del argv
-  mode = FLAGS.mode or 'attack'
-  try:
-    common_flags.check_mode(MODES, 'test_adv.py')
-    {'attack': run_attack, 'kernel_para': run_kernel_para, 'detect': run_detect}[mode]()
-  except (dataset_input.DataError, checkpoints.CheckpointError, result_files.ResultsError,
-          ValueError) as e:
-    sys.exit('error: %s' % e)
+def main():
+  common_flags.check_mode(MODES, 'test_adv.py')
+  {'attack': run_attack, 'kernel_para': run_kernel_para,
+   'detect': run_detect}[FLAGS.mode or 'attack']()
 
 
 if __name__ == '__main__':
-  define_flags()
-  tf1.disable_eager_execution()
-  logging.set_verbosity(logging.INFO)
-  tf1.app.run(main)
+  common_flags.run_script(define_flags, main)

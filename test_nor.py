@@ -103,16 +103,5 @@ def evaluate():
       return precision
 
 
-def main(argv):
-  del argv
-  try:
-    evaluate()
-  except (dataset_input.DataError, checkpoints.CheckpointError, ValueError) as e:
-    sys.exit('error: %s' % e)
-
-
 if __name__ == '__main__':
-  define_flags()
-  tf1.disable_eager_execution()
-  logging.set_verbosity(logging.INFO)
-  tf1.app.run(main)
+  common_flags.run_script(define_flags, evaluate)

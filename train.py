@@ -9,7 +9,6 @@ Checkpoints go to --log_root every --checkpoint_steps and at the end; a rerun re
 the latest one and stops exactly at --total_steps.
 """
 import os
-import sys
 
 from absl import logging
 import tensorflow as tf
@@ -106,20 +105,14 @@ def train():
   return step
 
 
-def main(argv):
-  del argv
+def main():
   try:
     train()
   except tf1.train.NanLossDuringTrainingError:
-    sys.exit('error: the training loss became NaN; stopped without saving it. The last '
-             'good checkpoint in --log_root=%s is kept; try a lower learning rate or another '
-             '--Optimizer.' % FLAGS.log_root)
-  except (dataset_input.DataError, checkpoints.CheckpointError, ValueError) as e:
-    sys.exit('error: %s' % e)
+    raise ValueError('the training loss became NaN; stopped without saving it. The last good '
+                     'checkpoint in --log_root=%s is kept; try a lower learning rate or '
+                     'another --Optimizer.' % FLAGS.log_root)
 
 
 if __name__ == '__main__':
-  define_flags()
-  tf1.disable_eager_execution()
-  logging.set_verbosity(logging.INFO)
-  tf1.app.run(main)
+  common_flags.run_script(define_flags, main)

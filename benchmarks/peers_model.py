@@ -72,8 +72,8 @@ class EagerResNet(tf.Module):
     missing = sorted(expected - set(self._names))
     if missing:
       raise ValueError('checkpoint lacks %s (wrong --num_residual_units?)' % missing[:3])
-    extra = [n for n in self._names if n.startswith('unit_%d_%d/' % (1, self.hps.num_residual_units))]
-    if extra:
+    deeper = 'unit_1_%d/' % self.hps.num_residual_units
+    if any(n.startswith(deeper) for n in self._names):
       raise ValueError('checkpoint has more residual units than --num_residual_units=%d'
                        % self.hps.num_residual_units)
 
