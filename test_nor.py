@@ -41,10 +41,7 @@ class Evaluator(object):
       self.iterator = tf1.data.make_initializable_iterator(ds)
       images, labels = self.iterator.get_next()
       logits, _, _ = resnet_model.build_network(hps, images, 'eval')
-      predicted = tf.argmax(resnet_model.flip_logits(logits, hps.RCE_train), axis=1)
-      self.correct = tf.reduce_sum(
-          tf.cast(tf.equal(predicted, tf.argmax(labels, axis=1)), tf.int64))
-      self.count = tf.shape(labels, out_type=tf.int64)[0]
+      self.correct, self.count = training.correct_and_count(logits, labels, hps.RCE_train)
       self.variables = resnet_model.model_variables()
 
   def evaluate(self, ckpt, batch_count, config=None):

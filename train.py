@@ -42,9 +42,7 @@ def _test_precision_hook(hps, spec, global_step, summary_dir):
     iterator = tf1.data.make_initializable_iterator(ds)
     images, labels = iterator.get_next()
   logits, _, _ = resnet_model.build_network(hps, images, 'eval')
-  predicted = tf.argmax(resnet_model.flip_logits(logits, hps.RCE_train), axis=1)
-  correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.argmax(labels, axis=1)), tf.int64))
-  count = tf.shape(labels, out_type=tf.int64)[0]
+  correct, count = training.correct_and_count(logits, labels, hps.RCE_train)
   logging.info('test precision every %d steps on %d batches of %s', FLAGS.test_every_steps,
                FLAGS.test_batches, pattern)
   return training.TestPrecisionHook(global_step, iterator, correct, count,

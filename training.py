@@ -105,10 +105,21 @@ def build_towers(hps, images, labels, devices):
   return losses, grads, tf.concat(logits, 0), updates
 
 
-def precision(logits, labels, rce):
-  """Fraction of argmax(flipped logits) equal to the one-hot label."""
+def correct_predictions(logits, labels, rce):
+  """Bool [B]: argmax of the (flipped) logits equals the one-hot label."""
   predicted = tf.argmax(resnet_model.flip_logits(logits, rce), axis=1)
-  return tf.reduce_mean(tf.cast(tf.equal(predicted, tf.argmax(labels, axis=1)), tf.float32))
+  return tf.equal(predicted, tf.argmax(labels, axis=1))
+
+
+def precision(logits, labels, rce):
+  """Fraction of the batch predicted correctly (with the RCE flip)."""
+  return tf.reduce_mean(tf.cast(correct_predictions(logits, labels, rce), tf.float32))
+
+
+def correct_and_count(logits, labels, rce):
+  """(number correct, batch size) as int64 scalars, for precision over many batches."""
+  correct = tf.reduce_sum(tf.cast(correct_predictions(logits, labels, rce), tf.int64))
+  return correct, tf.shape(labels, out_type=tf.int64)[0]
 
 
 def build_train_graph(hps, spec, images, labels, devices):
