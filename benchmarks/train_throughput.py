@@ -16,8 +16,31 @@ Besides wall-clock images/s (the headline, median of the blocks) the script prin
 CPU-second of this process, which moves less when other processes share the cores. --profile N
 traces N steps of each graph (ops serialized) and prints where the time goes.
 
+Two more references are measured in the same run:
+
+* Keras 3 `model.fit` (benchmarks/keras_resnet.py): the same ResNet built with the functional
+  API (463,866 trainable parameters for mnist ResNet-32, checked against ours), SGD momentum
+  0.9 lr 0.1, CE from logits + the same L2 weight decay, Keras defaults otherwise (no XLA on a
+  CPU-only machine, steps_per_execution 1), trained with one `model.fit` call on
+  tf.data.Dataset.from_tensors((images, labels)).repeat() of the same batch. It runs eagerly in
+  this process (eager execution is never disabled here: our graphs live in their own tf.Graph
+  objects and Sessions). Our weights are loaded into it first and a train-mode forward pass and
+  one `train_on_batch` step are compared with ours. The timing is interleaved: a callback
+  times every epoch (--keras_steps_per_epoch steps, default --steps) and, at each epoch end,
+  runs one timed block of ours and of the original (and one SGEMM); epoch 0 (tracing, first
+  runs) is not counted, and the medians over the other --blocks epochs are reported.
+* SGEMM GFLOP/s of the machine: a --sgemm_n square float32 matmul (2048 by default) of two
+  variables in a tf.compat.v1 Session with our session config (same thread pools), timed once
+  per block between the training blocks (median reported, with the best run and the GFLOP per
+  CPU-second of this process), and numpy's matmul for reference (--sgemm_runs runs after the
+  timed blocks). Ours' training GFLOP/s (3x forward FLOPs per image) is reported as a fraction
+  of the TF SGEMM median, of its best run, and per CPU-second (ours' images/CPU-s against the
+  SGEMM's GFLOP/CPU-s), the figure that other processes on the cores disturb least: a
+  2-thread GEMM split statically waits for its slower half whenever one core is taken.
+
   python benchmarks/train_throughput.py [--batch_size 128] [--steps 3] [--blocks 15] \
-      [--warmup 3] [--num_residual_units 5] [--dataset mnist] [--profile N]
+      [--warmup 3] [--num_residual_units 5] [--dataset mnist] [--profile N] \
+      [--keras_steps_per_epoch N] [--no_keras] [--sgemm_n 2048] [--sgemm_runs 5]
 """
 import argparse
 import collections
@@ -35,6 +58,9 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import dataset_input  # pylint: disable=g-import-not-at-top
 import resnet_model  # pylint: disable=g-import-not-at-top
 import training  # pylint: disable=g-import-not-at-top
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keras_resnet  # pylint: disable=g-import-not-at-top  (imports keras; builds nothing)
 
 tf1 = tf.compat.v1
 
@@ -233,6 +259,109 @@ def profile(graphs, base_config, steps):
   print('profile: traced-op ratio original/ours %.2fx; with every non-convolution op free the '
         'ceiling would be %.2fx; 1.5x needs ours\' non-convolution time <= %.0f ms (now %.0f)'
         % (t_orig / t_ours, t_orig / c_ours, t_orig / 1.5 - c_ours, t_ours - c_ours))
+  return totals
+
+
+def conv_forward_flops(hps, shape):
+  """Forward FLOPs per image of the convolutions alone (2 * outputs * k * k * in_channels)."""
+  h, w, c = shape
+  flops = 2 * h * w * 9 * c * 16  # init conv
+  in_f = 16
+  for out_f, stride in zip((16, 32, resnet_model.FEATURE_DIM), resnet_model.STAGE_STRIDES):
+    for i in range(hps.num_residual_units):
+      s = stride if i == 0 else 1
+      h, w = -(-h // s), -(-w // s)
+      flops += 2 * h * w * 9 * (in_f * out_f + out_f * out_f)
+      in_f = out_f
+  return flops
+
+
+def build_sgemm(config, n):
+  """A Session running C = A @ B on two [n, n] float32 variables; returns (sess, matmul op)."""
+  graph = tf.Graph()
+  with graph.as_default():
+    a = tf1.get_variable('a', [n, n], tf.float32, tf1.random_uniform_initializer(-1.0, 1.0))
+    b = tf1.get_variable('b', [n, n], tf.float32, tf1.random_uniform_initializer(-1.0, 1.0))
+    product = tf.matmul(a, b)  # variables, not constants: nothing for Grappler to fold
+    init = tf1.global_variables_initializer()
+  sess = tf1.Session(graph=graph, config=config)
+  sess.run(init)
+  return sess, product.op  # run as a target: the [n, n] result is not copied out
+
+
+def time_sgemm(sess, op, n):
+  """(GFLOP/s wall, GFLOP per CPU-second of this process) of one n x n x n matmul (2 n^3)."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  sess.run(op)
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  return 2.0 * n ** 3 / wall / 1e9, 2.0 * n ** 3 / max(cpu, 1e-9) / 1e9
+
+
+def numpy_sgemm(n, runs):
+  """(median GFLOP/s of `runs` numpy float32 matmuls, BLAS name)."""
+  rng = np.random.RandomState(0)
+  a = rng.uniform(-1, 1, (n, n)).astype(np.float32)
+  b = rng.uniform(-1, 1, (n, n)).astype(np.float32)
+  out = np.empty((n, n), np.float32)
+  np.matmul(a, b, out=out)  # warm-up (BLAS threads start)
+  rates = []
+  for _ in range(runs):
+    start = time.perf_counter()
+    np.matmul(a, b, out=out)
+    rates.append(2.0 * n ** 3 / (time.perf_counter() - start) / 1e9)
+  try:
+    blas = np.__config__.CONFIG['Build Dependencies']['blas']['name']
+  except Exception:  # pylint: disable=broad-except
+    blas = 'unknown BLAS'
+  return statistics.median(rates), blas
+
+
+def keras_same_math(model, pairs, our_values, images_np, labels_np, ref):
+  """Loads our (pre-step) weights into the Keras model and compares it with ours.
+
+  Args:
+    model, pairs: from keras_resnet.build (compiled).
+    our_values: dict our variable name -> value before ours' first training step.
+    images_np, labels_np: the batch.
+    ref: dict with ours' train-mode 'loss', 'logits' and, after one training step, 'after'
+      (our variable name -> value, momentum slots included), 'lr'.
+
+  Returns:
+    True when both checks pass.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+
+  def load():
+    for var, name in pairs:
+      var.assign(our_values[name])
+
+  load()
+  logits = model(images_np, training=True)  # (also moves the BN moving averages: reloaded below)
+  ce = keras.losses.CategoricalCrossentropy(from_logits=True)(labels_np, logits)
+  loss = float(ce) + float(sum(float(l) for l in model.losses))
+  d_logits = float(np.max(np.abs(keras.ops.convert_to_numpy(logits) - ref['logits'])))
+  d_loss = abs(loss - float(ref['loss']))
+  ok_fwd = d_logits <= 1e-4 and d_loss <= 1e-4
+  print('same-math check Keras (%d variables loaded from ours, train-mode forward): loss '
+        '(CE + model.losses) keras %.6f ours %.6f |diff| %.3g; logits max|diff| %.3g -> %s'
+        % (len(pairs), loss, ref['loss'], d_loss, d_logits, 'OK' if ok_fwd else 'MISMATCH'))
+  load()
+  step_loss = float(model.train_on_batch(images_np, labels_np))
+  d_state = d_grad = 0.0
+  for var, name in pairs:
+    value = keras.ops.convert_to_numpy(var)
+    d_state = max(d_state, float(np.max(np.abs(value - ref['after'][name]))))
+    if var.trainable:
+      # Keras' first momentum buffer is -lr * g, ours (MomentumOptimizer's slot) is g.
+      grad = -keras.ops.convert_to_numpy(keras_resnet.momentum_slot(model, var)) / ref['lr']
+      ours = ref['after'][name + '/Momentum']
+      d_grad = max(d_grad, float(np.max(np.abs(grad - ours)) / max(np.max(np.abs(ours)), 1e-12)))
+  ok_step = d_state <= 1e-3 and d_grad <= 5e-2 and abs(step_loss - float(ref['loss'])) <= 1e-4
+  print('same-math check Keras (one train_on_batch step, loss %.6f): weights + BN moving '
+        'averages max|diff| vs ours %.3g (tol 1e-3); gradients (-momentum / lr) max relative '
+        'diff %.3g (tol 5e-2) -> %s'
+        % (step_loss, d_state, d_grad, 'OK' if ok_step else 'MISMATCH'))
+  return ok_fwd and ok_step
 
 
 def main():
@@ -240,14 +369,22 @@ def main():
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--steps', type=int, default=3, help='timed steps per block')
   parser.add_argument('--blocks', type=int, default=15,
-                      help='timed blocks per model, alternating ours / original')
+                      help='timed blocks per model, alternating ours / original (and timed '
+                      'Keras epochs, one before each block pair)')
   parser.add_argument('--warmup', type=int, default=3, help='untimed steps per model')
   parser.add_argument('--num_residual_units', type=int, default=5)
   parser.add_argument('--profile', type=int, default=0,
                       help='after timing, trace this many steps of each graph and print the '
                       'per-op-type breakdown')
   parser.add_argument('--dataset', default='mnist', choices=sorted(dataset_input.DATASETS))
+  parser.add_argument('--keras_steps_per_epoch', type=int, default=0,
+                      help='steps per timed Keras fit epoch (default: --steps)')
+  parser.add_argument('--no_keras', action='store_true', help='skip the Keras model.fit peer')
+  parser.add_argument('--sgemm_n', type=int, default=2048, help='SGEMM size n (n x n x n)')
+  parser.add_argument('--sgemm_runs', type=int, default=5, help='numpy SGEMM runs')
   args = parser.parse_args()
+  keras_steps = args.keras_steps_per_epoch or args.steps
+  use_keras = not args.no_keras
 
   spec = dataset_input.get_spec(args.dataset)
   shape = dataset_input.image_shape(spec)
@@ -271,12 +408,17 @@ def main():
   print('ResNet-%d on %s-shaped input [%d,%s], %d trainable parameters'
         % (6 * args.num_residual_units + 2, args.dataset, args.batch_size,
            ','.join(map(str, shape)), params))
-  print('forward FLOPs per image (resnet_model.count_params_and_flops): %d (%.2f MFLOP)'
-        % (flops, flops / 1e6))
-  print('TensorFlow %s, %d CPU cores visible, default intra/inter-op threads'
-        % (tf.__version__, os.cpu_count()))
+  print('forward FLOPs per image (resnet_model.count_params_and_flops): %d (%.2f MFLOP), of '
+        'which convolutions %.2f MFLOP'
+        % (flops, flops / 1e6, conv_forward_flops(hps, shape) / 1e6))
+  print('TensorFlow %s, %d CPU cores visible, default intra/inter-op threads (eager: intra %d, '
+        'inter %d; 0 = default)' % (tf.__version__, os.cpu_count(),
+                                     tf.config.threading.get_intra_op_parallelism_threads(),
+                                     tf.config.threading.get_inter_op_parallelism_threads()))
 
   # Same math: identical weights, same batch, train-mode forward pass.
+  names = [v.op.name for v in model_vars(ours['variables'])]
+  before_a = dict(zip(names, sess_ours.run(model_vars(ours['variables']))))
   loss_a, logits_a = sess_ours.run([ours['loss'], ours['logits']])
   loss_b, logits_b = sess_orig.run([orig['loss'], orig['logits']])
   d_logits = float(np.max(np.abs(logits_a - logits_b)))
@@ -292,7 +434,6 @@ def main():
   # so they get a looser tolerance than the forward pass.
   sess_ours.run(ours['train_op'])
   sess_orig.run(orig['train_op'])
-  names = [v.op.name for v in model_vars(ours['variables'])]
   after_a = sess_ours.run(model_vars(ours['variables']))
   after_b = sess_orig.run(model_vars(orig['variables']))
   d_state = d_grad = 0.0
@@ -306,46 +447,165 @@ def main():
         '(tol 1e-3); gradients (momentum slots) max relative diff %.3g (tol 5e-2) -> %s'
         % (d_state, d_grad, 'OK' if ok_step else 'MISMATCH'))
 
-  load_before = os.getloadavg()[0]
-  for _ in range(args.warmup):
-    sess_ours.run(ours['train_op'])
-    sess_orig.run(orig['train_op'])
+  ok_keras = True
+  if use_keras:
+    import keras  # pylint: disable=g-import-not-at-top
+    assert tf.executing_eagerly(), 'the Keras peer needs eager execution in this process'
+    model, pairs = keras_resnet.build(args.num_residual_units, shape, hps.num_classes,
+                                      hps.relu_leakiness, hps.weight_decay_rate)
+    keras_resnet.compile_for_training(model, hps.lrn_rate)
+    k_trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    k_other = int(sum(np.prod(w.shape) for w in model.non_trainable_weights))
+    our_other = int(sum(np.prod(v.shape) for v in model_vars(ours['variables'])
+                        if not v.trainable and not v.op.name.endswith('/Momentum')))
+    ok_params = k_trainable == params and k_other == our_other
+    print('Keras %s (backend %s) functional ResNet-%d: trainable parameters %d (ours %d), '
+          'non-trainable (BN moving averages) %d (ours %d) -> %s; jit_compile=%s, '
+          'steps_per_execution=%d'
+          % (keras.__version__, keras.backend.backend(), 6 * args.num_residual_units + 2,
+             k_trainable, params, k_other, our_other, 'match' if ok_params else 'MISMATCH',
+             model.jit_compile, model.steps_per_execution))
+    ok_keras = ok_params and keras_same_math(
+        model, pairs, before_a, images_np, labels_np,
+        dict(loss=float(loss_a), logits=logits_a, after=dict(zip(names, after_a)),
+             lr=hps.lrn_rate))
+    dataset = tf.data.Dataset.from_tensors((images_np, labels_np)).repeat()
 
-  rates = {'ours': [], 'original': []}
-  cpu_rates = {'ours': [], 'original': []}
-  for block in range(args.blocks):
+  sgemm_sess, sgemm_op = build_sgemm(config, args.sgemm_n)
+  load_before = os.getloadavg()[0]
+  rates = {'ours': [], 'original': [], 'keras': []}
+  cpu_rates = {'ours': [], 'original': [], 'keras': []}
+  sgemm_rates = []
+
+  def warmup():
+    for _ in range(args.warmup):
+      sess_ours.run(ours['train_op'])
+      sess_orig.run(orig['train_op'])
+    time_sgemm(sgemm_sess, sgemm_op, args.sgemm_n)
+
+  def run_block(block):
     order = [('ours', sess_ours, ours), ('original', sess_orig, orig)]
     if block % 2:
       order.reverse()
-    for name, sess, model in order:
-      wall, cpu = time_block(sess, model['train_op'], args.steps)
+    for name, sess, model_ in order:
+      wall, cpu = time_block(sess, model_['train_op'], args.steps)
       rates[name].append(args.steps * args.batch_size / wall)
       cpu_rates[name].append(args.steps * args.batch_size / max(cpu, 1e-9))
+    sgemm_rates.append(time_sgemm(sgemm_sess, sgemm_op, args.sgemm_n))
+
+  keras_first_epoch = None
+  if use_keras:
+
+    class Interleave(keras.callbacks.Callback):
+      """Times each fit epoch; after it, runs one block of ours / original (warm-up after 0)."""
+
+      def on_epoch_begin(self, epoch, logs=None):
+        self.start = (time.perf_counter(), time.process_time())
+
+      def on_epoch_end(self, epoch, logs=None):
+        wall = time.perf_counter() - self.start[0]
+        cpu = time.process_time() - self.start[1]
+        n = keras_steps * args.batch_size
+        if epoch == 0:
+          self.first = wall
+          warmup()
+        else:
+          rates['keras'].append(n / wall)
+          cpu_rates['keras'].append(n / max(cpu, 1e-9))
+          run_block(epoch - 1)
+
+    callback = Interleave()
+    model.fit(dataset, epochs=args.blocks + 1, steps_per_epoch=keras_steps, verbose=0,
+              shuffle=False, callbacks=[callback])
+    keras_first_epoch = callback.first
+  else:
+    warmup()
+    for block in range(args.blocks):
+      run_block(block)
+  load_after = os.getloadavg()[0]
+  np_sgemm, blas = numpy_sgemm(args.sgemm_n, args.sgemm_runs)
 
   train_flops = 3 * flops  # a training step counted as 3x the forward FLOPs per image
-  print('timing: %d warmup steps each, then %d alternating blocks x %d steps per model '
-        '(batch %d); GFLOP/s counts a training step as 3x the forward FLOPs per image '
+  print('timing: %d warmup steps each, then %d alternating blocks x %d steps per graph '
+        '(batch %d)%s; GFLOP/s counts a training step as 3x the forward FLOPs per image '
         '(%.2f MFLOP/image); 1-min load average %.1f before, %.1f after'
-        % (args.warmup, args.blocks, args.steps, args.batch_size, train_flops / 1e6,
-           load_before, os.getloadavg()[0]))
-  print('%-9s %10s %9s %13s   %s' % ('graph', 'images/s', 'GFLOP/s', 'images/CPU-s',
+        % (args.warmup, args.blocks, args.steps, args.batch_size,
+           (', each pair preceded by one timed Keras fit epoch of %d steps (epoch 0, %.1f s with '
+            'tracing, not counted)' % (keras_steps, keras_first_epoch)) if use_keras else '',
+           train_flops / 1e6, load_before, load_after))
+  print('%-9s %10s %9s %13s   %s' % ('model', 'images/s', 'GFLOP/s', 'images/CPU-s',
                                      'per-block images/s (wall)'))
   med, med_cpu = {}, {}
-  for name in ('ours', 'original'):
+  for name in ('ours', 'original', 'keras') if use_keras else ('ours', 'original'):
     med[name] = statistics.median(rates[name])
     med_cpu[name] = statistics.median(cpu_rates[name])
     print('%-9s %10.1f %9.2f %13.1f   %s' % (name, med[name], med[name] * train_flops / 1e9,
                                             med_cpu[name],
                                             ' '.join('%.0f' % r for r in rates[name])))
+  sgemm = statistics.median(r for r, _ in sgemm_rates)
+  sgemm_best = max(r for r, _ in sgemm_rates)
+  sgemm_cpu = statistics.median(c for _, c in sgemm_rates)
+  print('SGEMM %dx%d @ %dx%d float32, TF Session (our config), one run per block: median %.1f '
+        'GFLOP/s, best %.1f, per CPU-second of this process %.1f (per run: %s); numpy (%s) '
+        'median %.1f GFLOP/s over %d runs after the blocks'
+        % (args.sgemm_n, args.sgemm_n, args.sgemm_n, args.sgemm_n, sgemm, sgemm_best, sgemm_cpu,
+           ' '.join('%.0f' % r for r, _ in sgemm_rates), blas, np_sgemm, args.sgemm_runs))
   ratio = med['ours'] / med['original']
   print('ratio ours/original (median wall images/s): %.3fx (target >= 1.5x: %s); '
         'per CPU-second of this process: %.3fx'
         % (ratio, 'met' if ratio >= 1.5 else 'NOT met', med_cpu['ours'] / med_cpu['original']))
+  profile_totals = None
   if args.profile:
-    profile([('ours', ours), ('original', orig)], config, args.profile)
+    profile_totals = profile([('ours', ours), ('original', orig)], config, args.profile)
   sess_ours.close()
   sess_orig.close()
-  return 0 if ok_fwd and ok_step else 1
+  sgemm_sess.close()
+
+  ours_gflops = med['ours'] * train_flops / 1e9
+  fraction = ours_gflops / sgemm
+  print()
+  print('=' * 30 + ' summary ' + '=' * 30)
+  print('ours          %8.1f images/s  %6.2f GFLOP/s' % (med['ours'], ours_gflops))
+  print('original way  %8.1f images/s  %6.2f GFLOP/s'
+        % (med['original'], med['original'] * train_flops / 1e9))
+  if use_keras:
+    print('Keras fit     %8.1f images/s  %6.2f GFLOP/s'
+          % (med['keras'], med['keras'] * train_flops / 1e9))
+  print('ours/original %8.3fx  (target >= 1.5x: %s)' % (ratio, 'met' if ratio >= 1.5 else
+                                                         'NOT met, short by %.1f%%'
+                                                         % (100 * (1 - ratio / 1.5))))
+  if use_keras:
+    ratio_k = med['ours'] / med['keras']
+    print('ours/Keras    %8.3fx  (target >= 1.5x: %s); per CPU-second %.3fx'
+          % (ratio_k, 'met' if ratio_k >= 1.5 else
+             'NOT met, short by %.1f%%' % (100 * (1 - ratio_k / 1.5)),
+             med_cpu['ours'] / med_cpu['keras']))
+  print('SGEMM         %8.1f GFLOP/s median (TF, our session config; best %.1f; per CPU-second '
+        '%.1f; numpy %.1f)' % (sgemm, sgemm_best, sgemm_cpu, np_sgemm))
+
+  def verdict(frac, ref):
+    return ('met' if frac >= 0.55 else 'NOT met: ours would need %.1f GFLOP/s = %.0f images/s, '
+            '%.2fx what it does' % (0.55 * ref, 0.55 * ref * 1e9 / train_flops, 0.55 / frac))
+
+  print('ours/SGEMM    %8.1f%%  of the median (target >= 55%%: %s)'
+        % (100 * fraction, verdict(fraction, sgemm)))
+  print('              %8.1f%%  of the best SGEMM run (%s); per CPU-second %.1f%% '
+        '(%.1f of %.1f GFLOP/CPU-s)'
+        % (100 * ours_gflops / sgemm_best, verdict(ours_gflops / sgemm_best, sgemm_best),
+           100 * med_cpu['ours'] * train_flops / 1e9 / sgemm_cpu,
+           med_cpu['ours'] * train_flops / 1e9, sgemm_cpu))
+  if profile_totals:
+    total_ms, conv_ms = profile_totals['ours']
+    conv_gflops = 3 * conv_forward_flops(hps, shape) * args.batch_size / (conv_ms / 1e3) / 1e9
+    print('profile (ours, ops serialized): convolutions %.0f of %.0f ms per step (%.0f%%) at '
+          '~%.1f GFLOP/s (3x forward conv FLOPs) = %.0f%% of the SGEMM median; all ops '
+          'together %.1f GFLOP/s = %.0f%% of SGEMM'
+          % (conv_ms, total_ms, 100 * conv_ms / total_ms, conv_gflops, 100 * conv_gflops / sgemm,
+             train_flops * args.batch_size / (total_ms / 1e3) / 1e9,
+             100 * train_flops * args.batch_size / (total_ms / 1e3) / 1e9 / sgemm))
+  ok = ok_fwd and ok_step and ok_keras
+  print('same-math checks: %s' % ('all OK' if ok else 'FAILED'))
+  return 0 if ok else 1
 
 
 if __name__ == '__main__':
