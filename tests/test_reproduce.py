@@ -1,0 +1,196 @@
+"""reproduce.py --tiny end to end, and its rerun after an interruption (issue "driver").
+
+The complete run takes a few minutes (about 25 subprocess stages) and runs once, in a
+module fixture; the interruption test then reuses its output folder.
+"""
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import describe, popen_script, run_script  # pylint: disable=g-bad-import-order
+
+ATTACK_ROWS = ('FGSM', 'BIM', 'ILCM', 'JSMA', 'C&W', 'C&W-hc', 'C&W-wb')
+ATTACKS = ('fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2', 'carliniL2_highcon',
+           'carliniL2_specific')
+MODELS = ('CE', 'RCE')
+STAGES = (['data'] + ['%s_%s' % (s, m) for m in MODELS for s in ('train', 'test_nor')]
+          + ['attack_%s_%s' % (a, m) for a in ATTACKS[:-1] for m in MODELS]
+          + ['kernel_para_%s' % m for m in MODELS]
+          + ['attack_carliniL2_specific_%s' % m for m in MODELS] + ['detect', 'tsne_fgsm'])
+AUC_COLUMNS = ['%s %s' % (metric, model) for metric in ('Confidence', 'non-ME', 'K-density')
+               for model in MODELS]
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def sections(text):
+  """{'## heading': body} of the level-2 sections of RESULTS.md."""
+  parts = re.split(r'^(## .*)$', text, flags=re.M)
+  return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def section(text, prefix):
+  matches = [body for head, body in sections(text).items() if head.startswith(prefix)]
+  assert len(matches) == 1, (prefix, list(sections(text)))
+  return matches[0]
+
+
+def table_rows(body, header_start):
+  lines = body.splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+  header = [c.strip() for c in lines[start].strip().strip('|').split('|')]
+  rows = []
+  for line in lines[start + 2:]:
+    if not line.startswith('|'):
+      break
+    rows.append([c.strip() for c in line.strip().strip('|').split('|')])
+  return header, rows
+
+
+@pytest.fixture(scope='module')
+def first_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp('reproduce_tiny')
+  start = time.time()
+  proc = run_script(['reproduce.py', '--tiny', '--out_dir=%s' % out], timeout=1500)
+  wall = time.time() - start
+  results_md = out / 'RESULTS.md'
+  text = results_md.read_text() if results_md.exists() else ''
+  return dict(proc=proc, out=str(out), text=text, wall=wall)
+
+
+def _require(run):
+  assert run['proc'].returncode == 0, describe(run['proc'])
+  assert run['text'], 'no RESULTS.md'
+
+
+def test_tiny_run_prints_every_stage(first_run):
+  _require(first_run)
+  stdout = first_run['proc'].stdout
+  for stage in STAGES:
+    assert '[run ] %s:' % stage in stdout, stage
+    assert re.search(r'\[done\] %s in [0-9.]+ s' % re.escape(stage), stdout), stage
+  assert '[skip]' not in stdout
+
+
+def test_table1_two_error_rates(first_run):
+  _require(first_run)
+  body = section(first_run['text'], '## Table 1')
+  header, rows = table_rows(body, '| Model')
+  assert header[:2] == ['Model', 'test error'], header
+  assert [r[0] for r in rows] == list(MODELS), rows
+  for row in rows:
+    m = re.fullmatch(r'([0-9.]+) %', row[1])
+    assert m and 0.0 <= float(m.group(1)) <= 100.0, row
+    assert int(row[2]) == 359, row  # every digits test image
+  # The same numbers as test_nor.py printed.
+  for model, row in zip(MODELS, rows):
+    with open(os.path.join(first_run['out'], 'logs', 'test_nor_%s.log' % model)) as f:
+      log = f.read()
+    precision = float(re.findall(r'^precision: ([0-9.]+)', log, flags=re.M)[-1])
+    assert float(row[1][:-2]) == pytest.approx(100 * (1 - precision), abs=0.006), (row, model)
+
+
+def test_table2_every_attack_and_every_cell(first_run):
+  _require(first_run)
+  body = section(first_run['text'], '## Table 2')
+  header, rows = table_rows(body, '| Attack')
+  assert header[1:7] == AUC_COLUMNS, header
+  titles = [re.sub(r' \(eps [0-9.]+\)$', '', r[0]) for r in rows]
+  assert titles == list(ATTACK_ROWS), [r[0] for r in rows]
+  for row in rows:
+    assert len(row) == len(header), row
+    for cell in row[1:7]:
+      assert cell == 'n/c' or (re.fullmatch(r'[01]\.[0-9]{4}', cell)
+                               and 0.0 <= float(cell) <= 1.0), row
+  for row in rows[:4]:  # swept attacks, JSMA included, at the tiny preset's eps 0.04
+    assert row[0].endswith('(eps 0.04)'), row
+  # the detect output is the same table
+  with open(os.path.join(first_run['out'], 'results', 'detect_mnist', 'table2.md')) as f:
+    assert f.read().strip() in body
+
+
+def test_table3_and_figures_and_commands(first_run):
+  _require(first_run)
+  text, out = first_run['text'], first_run['out']
+  header, rows = table_rows(section(text, '## Table 3'), '| Model')
+  assert [r[0] for r in rows] == list(MODELS), rows
+  assert 'ratio of f2' in header[1] and 'L2' in header[2], header
+  for row in rows:
+    for cell in row[1:]:
+      assert cell.startswith('n/c') or 0.0 <= float(cell), row
+  figures = re.findall(r'!\[[^\]]*\]\(([^)]+)\)', section(text, '## Figures'))
+  assert any(f.endswith('tsne_fgsm.png') for f in figures), figures
+  assert any(os.path.basename(f).startswith('roc_') for f in figures), figures
+  for fig in figures:
+    path = os.path.join(out, fig)
+    assert os.path.exists(path), fig
+    with open(path, 'rb') as f:
+      assert f.read(8) == PNG_SIGNATURE, fig
+  _, timing = table_rows(section(text, '## Wall time'), '| Stage')
+  assert [r[0] for r in timing] == STAGES
+  assert all(float(r[1]) >= 0 for r in timing)
+  commands = section(text, '## Commands').strip().splitlines()
+  commands = [c for c in commands if c and not c.startswith('```')]
+  assert len(commands) == len(STAGES)
+  scripts = [re.match(r'python \S*?([a-z_]+\.py) ', c).group(1) for c in commands]
+  assert scripts.count('train.py') == 2 and scripts.count('test_nor.py') == 2
+  assert scripts.count('test_adv.py') == 2 * len(ATTACKS) + 2 + 1
+  assert any('--mode=detect' in c for c in commands)
+  assert all('--attack_method=%s ' % a in ' '.join(commands) for a in ATTACKS)
+
+
+def test_rerun_after_interruption_skips_finished_stages_and_gives_same_tables(first_run):
+  _require(first_run)
+  out = first_run['out']
+  bim_rce = os.path.join(out, 'results', 'bim_mnist', 'RCE')
+  assert os.path.exists(os.path.join(bim_rce, 'summary.json'))
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(bim_rce)
+  log_path = os.path.join(out, 'interrupted.log')
+  stage_log = os.path.join(out, 'logs', 'attack_bim_RCE.log')
+  os.remove(stage_log)  # the first run's; the driver starts it afresh
+  with open(log_path, 'w') as log:
+    proc = popen_script(['reproduce.py', '--tiny', '--out_dir=%s' % out], stdout=log,
+                        stderr=subprocess.STDOUT, start_new_session=True)
+  killed = False
+  try:
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+      with open(log_path) as f:
+        running = '[run ] attack_bim_RCE' in f.read()
+      # kill once the stage's own process has started writing its log (TensorFlow loading)
+      if running and os.path.exists(stage_log) and os.path.getsize(stage_log) > 0:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its running stage
+        killed = True
+        break
+      time.sleep(0.1)
+  finally:
+    if proc.poll() is None and not killed:
+      os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+  with open(log_path) as f:
+    interrupted = f.read()
+  assert killed, interrupted
+  assert '[run ] train_' not in interrupted, interrupted
+  assert not os.path.exists(os.path.join(bim_rce, 'summary.json'))  # stopped mid-stage
+
+  rerun = run_script(['reproduce.py', '--tiny', '--out_dir=%s' % out], timeout=900)
+  assert rerun.returncode == 0, describe(rerun)
+  stdout = rerun.stdout
+  assert '[run ] train_' not in stdout and '[run ] test_nor_' not in stdout, stdout
+  for stage in STAGES:
+    if stage in ('attack_bim_RCE', 'detect'):
+      assert '[run ] %s:' % stage in stdout, stage
+    else:
+      assert '[skip] %s' % stage in stdout, stage
+  assert os.path.exists(os.path.join(bim_rce, 'summary.json'))
+  with open(os.path.join(out, 'RESULTS.md')) as f:
+    text = f.read()
+  for prefix in ('## Table 1', '## Table 2', '## Table 3'):
+    assert section(text, prefix) == section(first_run['text'], prefix), prefix
+  _, timing = table_rows(section(text, '## Wall time'), '| Stage')
+  marks = {r[0]: r[2] if len(r) > 2 else '' for r in timing}
+  assert marks['train_CE'] == 'from an earlier run' and marks['attack_bim_RCE'] == ''
