@@ -36,12 +36,12 @@ PRESETS = {
         note='CI smoke run: ResNet-8, 60 training steps, 40 attacked images, C&W 2x20 '
              'iterations, JSMA 20 pixels; numbers are not meaningful, only complete.'),
     'digits': dict(
-        units=1, steps={'mnist': 1500, 'cifar10': 1500}, checkpoint_steps=500,
+        units=1, steps={'mnist': 1000, 'cifar10': 1000}, checkpoint_steps=500,
         attack_batches=1, attack_batch_size=200, kernel_batches=15,
         cw=dict(iterations=100, search=5, batch=100), jsma_max_iter=100, eps_round=1,
         tsne=('fgsm', 'carliniL2'),
         note='bundled digits data (1438 train / 359 test images of 8x8 upsampled to 28x28), '
-             'ResNet-8 (num_residual_units=1), 1500 steps, 200 attacked images, C&W 5x100 '
+             'ResNet-8 (num_residual_units=1), 1000 steps, 200 attacked images, C&W 5x100 '
              'iterations, detection at eps round 1 (eps 0.02): at larger eps every attack '
              'saturates on this small data set (SPEC.md section 11).'),
     'full': dict(

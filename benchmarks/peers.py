@@ -1,99 +1,121 @@
 """Our attacks (attacks/, TF1 graph mode) against ART, foolbox 3 and cleverhans 4 (TF2 eager).
 
 Same trained ResNet (read from one checkpoint), same images (digits test images in
-[-0.5, 0.5], box [-0.5, 0.5]), same targets, equal iteration counts:
+[-0.5, 0.5], box [-0.5, 0.5]), same labels and targets, equal iteration counts:
 
-  fgsm   eps 0.1, one step (untargeted, the model's own label)
-  bim    eps 0.1, 10 steps of 0.01, no random start (untargeted)
+  fgsm   eps 0.1, one step, untargeted (away from the model's own label)
+  bim    eps 0.1, 10 steps of 0.01, no random start, untargeted
   ilcm   eps 0.1, 10 steps of 0.01 towards the least-likely class (targeted BIM)
   jsma   theta 1.0, at most 100 changed pixels, towards the least-likely class. Ours is
-         Papernot's one-pixel saliency map on log-softmax; ART's SaliencyMapMethod is ART's
-         simplified variant (two pixels per iteration, ranked by the gradient of the target
-         logit alone), with gamma = 98/784 so that it also changes at most 100 pixels.
-  cw     Carlini-Wagner L2, targeted at a random class other than the true one (or --cw_untargeted),
-         5 binary-search steps x 100 iterations, lr 0.01, initial const 1.0, confidence 0,
-         abort early where the library has it (ART has no abort early; it takes a line search
-         of up to 5 halvings + 5 doublings per iteration instead of Adam).
+         Papernot's one-pixel saliency map on log-softmax, one pixel per iteration; ART's
+         SaliencyMapMethod is ART's simplified variant (two pixels per iteration, ranked by
+         the gradient of the target logit alone), with gamma = 98/784 so that it also changes
+         at most 100 pixels. foolbox 3 and cleverhans 4 (tf2) have no JSMA.
+  cw     Carlini-Wagner L2, targeted at a random class other than the true one (or
+         --cw_untargeted for everybody), 5 binary-search steps x 100 iterations, lr 0.01,
+         initial const 1.0, confidence 0, abort early where the library has it (ART has none:
+         it replaces Adam by a line search of up to 5 halvings + 5 doublings per iteration).
 
-Libraries: ours (attacks/*.py in a tf.Graph + tf.compat.v1.Session, the whole batch at once),
-ART (TensorFlowV2Classifier around the eager model; FastGradientMethod, BasicIterativeMethod,
-which ART runs through its TF2 PGD code, SaliencyMapMethod, CarliniL2Method), foolbox 3
-(TensorFlowModel; LinfFastGradientAttack, LinfBasicIterativeAttack, L2CarliniWagnerAttack; no
-JSMA in foolbox 3) and cleverhans 4 (cleverhans.tf2.attacks: fast_gradient_method,
-projected_gradient_descent with rand_init=False, carlini_wagner_l2; no TF2 JSMA). Every
-library's batch size is the whole set of images. The process stays in eager mode; ours runs
-inside `with graph.as_default()` and a Session.
+Every library gets the labels (the model's own predictions) or targets precomputed, so none
+spends a forward pass guessing them, and runs its whole batch in one call: ours (attacks/*.py
+in a tf.Graph + tf.compat.v1.Session), ART (TensorFlowV2Classifier; FastGradientMethod,
+BasicIterativeMethod, which ART runs through its TF2 PGD code, SaliencyMapMethod,
+CarliniL2Method), foolbox 3 (TensorFlowModel; LinfFastGradientAttack,
+LinfBasicIterativeAttack, L2CarliniWagnerAttack) and cleverhans 4 (cleverhans.tf2.attacks:
+fast_gradient_method, projected_gradient_descent with rand_init=False, carlini_wagner_l2).
+The process stays in eager mode; ours runs inside `with graph.as_default()` and a Session.
+JSMA uses the first --jsma_num_images (30) images and C&W the first --cw_num_images (10)
+for every library, because ART's versions need minutes for more.
 
 The peers call `peers_model.EagerResNet`: the same eval-mode network rebuilt in eager TF2 (one
 tf.function with a dynamic-batch signature, traced once) from the checkpoint's variables; its
 flipped logits are checked against ours (graph mode, restored checkpoint) to 1e-4 first.
 
-Timing: ms per example = wall time of one call on all images / number of images. Before it,
-each (library, attack) makes one untimed warm-up call so that tracing, graph optimization and
-kernel set-up are not counted: on the first 4 images with the real settings where the code is
-batch-size agnostic (ours: one graph with a dynamic batch; ART/foolbox: the traced model), and
-with iterations cut to 1 on the full batch where a library's tf.functions or graph are
-specialised to the batch shape (cleverhans's tf.functions; our C&W, whose graph has a fixed
-batch, uses a 1-step x 1-iteration instance in the same session; ART/foolbox do the same,
-harmlessly). Success rate: untargeted = prediction != true label among the images the model
-classifies correctly; targeted = prediction == target among the same images. Mean L2 is over
-the successful ones. All predictions are made by the same eager model on the returned images.
-The machine may be shared: absolute timings are noisy, ratios less so.
+Timing: ms per example = wall time of one call on all of the attack's images / images; the
+process CPU time (all threads) is printed beside it, because on a shared machine the wall
+time is noisy and CPU time much less so. Before timing, each library makes one untimed
+warm-up call so that tracing, graph optimization and kernel set-up are not counted: on the
+first 4 images with the real settings for ours' batch-agnostic graph ops; on the full batch
+with iterations cut to 1 for the peers (cleverhans's tf.functions are traced per input shape
+and, for C&W, per instance, so a smaller batch would leave a trace in the timed call); our
+C&W (a fixed-batch graph whose first run pays ~1.5 s of graph optimization) runs one full
+binary-search step of the real instance. Then --repeats rounds of one timed call per
+library, the order rotated each round so that load from other processes hits all of them,
+and the minimum is kept; a library stops repeating after a call of 10 s or more, and gets
+4x --repeats rounds while its calls take under 2 s (FGSM: ~0.25 s a call, the noisiest).
+Success rate: untargeted = prediction != true label, targeted = prediction == target, both
+among the images the model classifies correctly; mean L2 over the successful ones; max L-inf
+as a sanity check. All predictions come from the same eager model on the returned images.
 
-Peer runs that would take far longer than the rest (ART's JSMA and C&W make one forward and
-backward pass per distinct target class per iteration, and ART's C&W also up to 10 forward
-passes of line search) are capped by --peer_time_cap seconds: such a run is done with fewer
-iterations and its time extrapolated linearly to the full count (marked "~" and "extrapolated";
-no success rate / L2 then). --peer_time_cap=0 runs everything in full.
+ART's C&W needs minutes per image (per iteration, one forward + backward pass of the batch
+per distinct target class and per distinct runner-up class, plus up to 10 forward passes of
+line search, and no abort early): when a 1-iteration run predicts more than --peer_time_cap
+seconds, it runs fewer iterations and its time is extrapolated linearly (marked "~", no
+success rate or L2). Attacks that stop early (JSMA, the other C&Ws) always run in full.
 
   /tmp/peers-venv/bin/python benchmarks/peers.py --log_root=/tmp/peers_model --rce
-      [--train_steps 300] [--num_residual_units 5] [--num_images 100] [--cw_num_images 20]
-      [--attacks fgsm,bim,ilcm,jsma,cw] [--libraries ours,art,foolbox,cleverhans]
-      [--bim_steps 10] [--jsma_max_pixels 100] [--cw_binary_search_steps 5]
-      [--cw_max_iterations 100]
+      [--train_steps 300] [--num_residual_units 5] [--num_images 100] [--jsma_num_images 30]
+      [--cw_num_images 10] [--attacks fgsm,bim,ilcm,jsma,cw]
+      [--libraries ours,art,foolbox,cleverhans] [--bim_steps 10] [--jsma_max_pixels 100]
+      [--cw_binary_search_steps 5] [--cw_max_iterations 100] [--repeats 3]
+      [--peer_time_cap 60] [--cleverhans_cw_as_is]
 
-Setup (a separate virtualenv; the peers are never installed into the main interpreter):
+--log_root is trained first (train.py, a subprocess, on the digits data made with
+dataset_input.py --convert=digits in --data_dir) when it has no checkpoint of at least
+--train_steps steps; --rce says the model is (to be) trained with RCE, so that everything
+uses the flipped logits. Setup (a separate virtualenv; the peers are never installed into
+the main interpreter):
 
   python -m venv /tmp/peers-venv --system-site-packages
   /tmp/peers-venv/bin/pip install -r benchmarks/requirements-peers.txt
 
-Pitfalls (ART 1.20.1, foolbox 3.3.4, cleverhans 4.0.0 on TF 2.21 / Keras 3 / NumPy 2) and what
-this script does about them:
-  * Keras 3 is tf.keras in TF 2.21. cleverhans 4's CarliniWagnerL2 builds
-    `tf.keras.optimizers.Adam` and calls `self.optimizer.variables()` to reset Adam between
-    binary-search steps; in Keras 3 `variables` is a property (a list), so the call raises
-    "TypeError: 'list' object is not callable" (and before the first step the list holds only
-    the iteration counter and learning rate). Workaround here: `_KerasAdamShim` replaces the
-    attack's optimizer after construction: the same Keras 3 Adam, with a callable
-    `variables()` that builds the optimizer for the modifier first.
-  * cleverhans 4's CarliniWagnerL2 sets `const = tf.ones(shape) * initial_const` with the
-    IMAGE shape [B, H, W, C] instead of [B]; multiplied with the per-example loss [B] it
-    broadcasts to [B, H, W, B] (for a 1-channel image) and the binary search mixes examples.
-    It still runs (the loss is wrong); we report what it returns, as it is, and say so.
-  * cleverhans 4 depends on tensorflow-probability (unpinned) which pip resolves to 0.25, the
-    one that imports with TF 2.21; its tf2 attacks do not import it. It also pulls in nose,
-    pycodestyle and mnist (unused here). `cleverhans.tf2.utils.compute_gradient` is a module
-    tf.function keyed on the input shape: warming it up on a smaller batch would leave the
-    trace inside the timed call, hence the full-batch 1-iteration warm-up.
-  * ART's TensorFlowV2Classifier calls `self.model(x, training=...)`, so a plain function
-    does not do; EagerResNet.__call__ accepts `training`. ART's compute_loss sets
-    `tf.keras.losses.Reduction.NONE`, which Keras 3 no longer has; the attacks used here only
-    call loss_gradient/class_gradient/predict, which do not touch it. ART's class_gradient
-    with a per-example label array loops over the distinct labels, one forward + backward
-    pass of the whole batch each: that is the cost of its JSMA and C&W.
-  * ART defaults batch_size=1 (JSMA, C&W) or 32 (FGSM, PGD): set to the whole batch here.
-    ART's CarliniL2Method defaults to initial_const 0.01 and 10 iterations; set explicitly.
-    ART imports print "PyTorch not found" warnings, silenced.
-  * foolbox 3's TensorFlowModel calls the deprecated `tf.test.is_gpu_available()` when no
-    device is given; we pass the device. foolbox's L2CarliniWagnerAttack returns zeros (not
-    the input) for the examples it never made adversarial; we put the input back for those
-    (using foolbox's own success flags) so that the uniform success check cannot count an
-    all-zero image. foolbox wants int labels / target classes as tensors of shape (N,).
-  * NumPy 2: nothing here needed a shim (ART 1.20, foolbox 3.3.4 / eagerpy 0.30 and cleverhans
-    4 use no removed aliases on these code paths); should an import fail anyway, the library
-    is reported as "not available: <reason>" and the others still run. `_numpy2_aliases()`
-    restores np.float/np.int/np.bool/np.complex/np.object/np.str only if a peer import fails
-    on them.
+Pitfalls (ART 1.20.1, foolbox 3.3.4, cleverhans 4.0.0 on TF 2.21 / Keras 3.15 / NumPy 2.4)
+and what this script does about them:
+  * cleverhans 4 C&W, Keras 3: it builds `tf.keras.optimizers.Adam` and calls
+    `self.optimizer.variables()` to restart Adam at each binary-search step; in Keras 3
+    `variables` is a property (a list): "TypeError: 'list' object is not callable". Also, a
+    Keras 3 optimizer lists its learning rate among its variables, so zeroing them all (what
+    cleverhans does) would set lr to 0, and it holds only the iteration counter before its
+    first apply. Workaround: `_KerasAdamShim` replaces the attack's optimizer: a Keras 3 Adam
+    built for the modifier on first use, whose callable `variables()` returns the iteration
+    counter and the m/v slots, not the learning rate.
+  * cleverhans 4 C&W bug: `const = tf.ones(shape) * initial_const` uses the IMAGE shape
+    [B, H, W, C] instead of [B]; `reduce_sum(const * loss_1)` then broadcasts to
+    [B, H, W, B] (C = 1) and weights the classification term by B*H*W*c (7840 here) instead
+    of c, and the binary search's bounds broadcast the same way (the tf.function retraces
+    as their shape changes). It runs, but optimises a different trade-off (mean L2 0.78 vs
+    0.46 for the others in our runs). Workaround (default): `_per_example_const` swaps the
+    module's `tf` for a proxy whose `ones` cuts a >1-D shape to [B] (tf.ones is called only
+    there and for the [B] upper bounds). --cleverhans_cw_as_is runs it unpatched.
+  * cleverhans 4 depends on tensorflow-probability (unpinned; pip resolves 0.25, which
+    imports with TF 2.21; its tf2 attacks do not import it) and pulls in nose, pycodestyle and
+    mnist (unused here). `cleverhans.tf2.utils.compute_gradient` is a module-level
+    tf.function keyed on input shapes, and C&W's `gradient` a tf.function method traced per
+    instance: see the warm-up above (one C&W instance per batch, iteration counts set on it).
+  * ART TensorFlowV2Classifier: calls `self.model(x, training=...)`, so the model must take
+    `training` (EagerResNet.__call__ does). Its compute_loss sets
+    `tf.keras.losses.Reduction.NONE`, which Keras 3 no longer has; the attacks here only use
+    loss_gradient/class_gradient/predict, which do not touch it (the Keras 3
+    CategoricalCrossentropy's mean reduction only scales the gradient; FGSM/BIM take its
+    sign). class_gradient with a per-example label array loops over the distinct labels, one
+    forward + backward pass of the whole batch each, and calls tape.gradient inside a
+    persistent tape's context (TF warns "significantly less efficient"); its first call takes
+    ~20-30 s (the warm-up, not timed).
+  * ART defaults: batch_size=1 (JSMA, C&W) or 32 (FGSM, PGD), set to the whole batch here;
+    CarliniL2Method defaults to initial_const 0.01, 10 binary-search steps, 10 iterations,
+    set explicitly. ART's import warns "PyTorch not found" (silenced).
+  * foolbox 3: TensorFlowModel calls the deprecated `tf.test.is_gpu_available()` when no
+    device is given, so the device is passed. L2CarliniWagnerAttack starts from
+    best_advs = zeros and returns an all-zero image (not the input) for every example it
+    never made adversarial, and its own `success` is computed on that zero image, so an
+    untargeted run reports those as successes with L2 ~8 (seen here). Workaround: all-zero
+    rows are put back to the input before the uniform success check. Labels and target
+    classes must be int tensors of shape (N,).
+  * NumPy 2: nothing needed a shim on these code paths (ART 1.20, foolbox 3.3.4 with eagerpy
+    0.30, cleverhans 4.0.0's tf2 attacks use no removed alias). Should a peer import fail on
+    one, it is retried once with np.float/np.int/np.bool/... restored (`_numpy2_aliases`);
+    a library that still fails to import is reported as "not available: <reason>" and the
+    others run.
 """
 import argparse
 import contextlib
@@ -126,6 +148,7 @@ ATTACKS = ('fgsm', 'bim', 'ilcm', 'jsma', 'cw')
 LIBRARIES = ('ours', 'art', 'foolbox', 'cleverhans')
 CLIP_MIN, CLIP_MAX = -0.5, 0.5
 WARMUP_IMAGES = 4
+SHORT_CALL_S = 2.0  # calls shorter than this get 4x --repeats timed rounds
 TARGETED = {'fgsm': False, 'bim': False, 'ilcm': True, 'jsma': True}
 
 
@@ -145,12 +168,12 @@ def parse_args(argv=None):
                  help='test images for fgsm/bim/ilcm/jsma (at most 359)')
   p.add_argument('--jsma_num_images', type=int, default=30,
                  help='the first N of those images for JSMA (every library the same; ART '
-                      'takes about 2 s per image at 30)')
-  p.add_argument('--cw_num_images', type=int, default=20,
+                      'takes 1-3 s per image)')
+  p.add_argument('--cw_num_images', type=int, default=10,
                  help='the first N of those images for C&W (every library the same)')
   p.add_argument('--repeats', type=int, default=3,
-                 help='timed calls per (library, attack); the minimum is reported. Calls '
-                      'after the first are made only while one takes under 10 s')
+                 help='timed rounds per (library, attack), the minimum is reported; none '
+                      'after a call of 10 s, 4x as many while calls take under 2 s')
   p.add_argument('--attacks', default=','.join(ATTACKS))
   p.add_argument('--libraries', default=','.join(LIBRARIES))
   p.add_argument('--eps', type=float, default=0.1, help='L-inf budget of fgsm/bim/ilcm')
@@ -163,9 +186,12 @@ def parse_args(argv=None):
   p.add_argument('--cw_initial_const', type=float, default=1.0)
   p.add_argument('--cw_untargeted', action='store_true',
                  help='untargeted C&W for everybody (default: a random target != true label)')
+  p.add_argument('--cleverhans_cw_as_is', action='store_true',
+                 help='run cleverhans 4 C&W with its const-shape bug (default: fixed, see '
+                      'Pitfalls)')
   p.add_argument('--peer_time_cap', type=float, default=60.0,
-                 help='seconds; a peer run estimated to take longer runs fewer iterations '
-                      'and is extrapolated (0: no cap)')
+                 help='seconds; ART\'s C&W, if estimated to take longer, runs fewer '
+                      'iterations and is extrapolated linearly (0: no cap)')
   p.add_argument('--seed', type=int, default=0)
   args = p.parse_args(argv)
   args.attacks = [a.strip() for a in args.attacks.split(',') if a.strip()]
@@ -202,7 +228,11 @@ def ensure_checkpoint(args):
            '--checkpoint_steps=%d' % args.train_steps, '--test_every_steps=0']
     print('training: %s' % ' '.join(cmd), flush=True)
     t0 = time.time()
-    subprocess.check_call(cmd, cwd=_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, check=False)
+    if proc.returncode:
+      raise SystemExit('training failed (exit %d):\n%s' % (
+          proc.returncode, '\n'.join(proc.stdout.splitlines()[-20:])))
     print('trained in %.0f s' % (time.time() - t0), flush=True)
     path = checkpoints.latest_checkpoint(args.log_root)
   if path is None:
@@ -222,13 +252,15 @@ class OursGraph(object):
       shape = [None] + list(image_shape)
       self.x = tf1.placeholder(tf.float32, shape, name='x')
       self.target = tf1.placeholder(tf.float32, [None, hps.num_classes], name='target')
+      self.label = tf1.placeholder(tf.float32, [None, hps.num_classes], name='label')
       self.logits = self.logits_fn(self.x)
       self.sess = tf1.Session(graph=self.graph)
       self.step = checkpoints.restore(self.sess, ckpt)
       eps = args.eps
       self.ops = {
-          'fgsm': attacks.fgsm(self.logits_fn, self.x, eps),
-          'bim': attacks.bim(self.logits_fn, self.x, eps, nb_iter=args.bim_steps),
+          'fgsm': attacks.fgsm(self.logits_fn, self.x, eps, y=self.label),
+          'bim': attacks.bim(self.logits_fn, self.x, eps, y=self.label,
+                             nb_iter=args.bim_steps),
           'ilcm': attacks.ilcm(self.logits_fn, self.x, eps, y_target=self.target,
                                nb_iter=args.bim_steps),
           'jsma': attacks.jsma(self.logits_fn, self.x, eps=args.jsma_theta,
@@ -238,10 +270,12 @@ class OursGraph(object):
   def predict(self, x):
     return self.sess.run(self.logits, {self.x: x})
 
-  def run(self, attack, x, target_onehot):
+  def run(self, attack, x, labels, targets):
     feed = {self.x: x}
     if TARGETED[attack]:
-      feed[self.target] = target_onehot
+      feed[self.target] = onehot(targets)
+    else:
+      feed[self.label] = onehot(labels)
     return self.sess.run(self.ops[attack], feed)
 
   def carlini(self, batch_size, bss, iters):
@@ -272,22 +306,24 @@ def import_peer(name):
   def load():
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
       warnings.simplefilter('ignore')
+      # pylint: disable=g-import-not-at-top
       if name == 'art':
-        import art  # pylint: disable=g-import-not-at-top
-        from art.attacks import evasion  # pylint: disable=g-import-not-at-top
-        from art.estimators.classification import TensorFlowV2Classifier  # pylint: disable=g-import-not-at-top
+        import art
+        from art.attacks import evasion
+        from art.estimators.classification import TensorFlowV2Classifier
         return {'version': art.__version__, 'evasion': evasion,
                 'TensorFlowV2Classifier': TensorFlowV2Classifier}
       if name == 'foolbox':
-        import foolbox  # pylint: disable=g-import-not-at-top
+        import foolbox
         return {'version': foolbox.__version__, 'fb': foolbox}
       if name == 'cleverhans':
-        from importlib import metadata  # pylint: disable=g-import-not-at-top
-        from cleverhans.tf2.attacks import carlini_wagner_l2  # pylint: disable=g-import-not-at-top
-        from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method  # pylint: disable=g-import-not-at-top
-        from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent  # pylint: disable=g-import-not-at-top
+        from importlib import metadata
+        from cleverhans.tf2.attacks import carlini_wagner_l2
+        from cleverhans.tf2.attacks import fast_gradient_method as fgm
+        from cleverhans.tf2.attacks import projected_gradient_descent as pgd
         return {'version': metadata.version('cleverhans'), 'cw': carlini_wagner_l2,
-                'fgm': fast_gradient_method, 'pgd': projected_gradient_descent}
+                'fgm': fgm.fast_gradient_method, 'pgd': pgd.projected_gradient_descent}
+      # pylint: enable=g-import-not-at-top
     raise ValueError(name)
 
   try:
@@ -330,6 +366,35 @@ class _KerasAdamShim(object):
       self._opt.build([var])
       self._var = var
     return self._opt.apply_gradients(grads_and_vars)
+
+
+class _TfWithPerExampleOnes(object):
+  """`tf` for cleverhans's carlini_wagner_l2 module, with tf.ones(shape) cut to shape[:1].
+
+  In that module tf.ones is called twice: `tf.ones(shape[:1]) * 1e10` (the upper bounds,
+  already [B]) and `const = tf.ones(shape) * initial_const` with the image shape, the bug.
+  """
+
+  def __getattr__(self, name):
+    return getattr(tf, name)
+
+  @staticmethod
+  def ones(shape, *args, **kwargs):
+    shape = tf.TensorShape(shape)
+    if shape.rank is not None and shape.rank > 1:
+      shape = shape[:1]
+    return tf.ones(shape, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _per_example_const(cw_module):
+  """Runs cleverhans's C&W with one constant c per example (see _TfWithPerExampleOnes)."""
+  saved = cw_module.tf
+  cw_module.tf = _TfWithPerExampleOnes()
+  try:
+    yield
+  finally:
+    cw_module.tf = saved
 
 
 # ---------------------------------------------------------------------------- runners
@@ -385,26 +450,37 @@ def runner(ctx, lib, attack):
       cache = {}
 
       def run_cw(x, labels, targets, scale):
-        # The graph has a fixed batch and baked-in iteration counts: the warm-up builds the
-        # real instance (untimed) and runs a 1 x 1 instance of the same structure.
+        # The graph has a fixed batch and a baked-in iteration count, and its first run pays
+        # graph optimization (about 1.5 s here). The warm-up builds the real instance and runs
+        # one binary-search step of it on the full batch (binary_search_steps is read by the
+        # numpy loop of `attack`, so setting it on the instance changes no graph).
         n = len(x)
         if n not in cache:
-          cache[n] = (ours.carlini(n, 1, 1), ours.carlini(n, bss, iters))
-        y = targets if cw_targeted else labels
-        return cache[n][0 if scale == 'warmup' else 1].attack(x, onehot(y))
+          cache[n] = ours.carlini(n, bss, iters)
+        cw = cache[n]
+        y = onehot(targets if cw_targeted else labels)
+        if scale != 'warmup':
+          return cw.attack(x, y)
+        saved = cw.binary_search_steps, cw.repeat
+        cw.binary_search_steps, cw.repeat = 1, False
+        try:
+          return cw.attack(x, y)
+        finally:
+          cw.binary_search_steps, cw.repeat = saved
       return run_cw
 
     def run_eps(x, labels, targets, scale):
       if scale == 'warmup':
-        x, targets = x[:WARMUP_IMAGES], targets[:WARMUP_IMAGES]
-      return ours.run(attack, x, onehot(targets))
+        x, labels, targets = (x[:WARMUP_IMAGES], labels[:WARMUP_IMAGES],
+                              targets[:WARMUP_IMAGES])
+      return ours.run(attack, x, labels, targets)
     return run_eps
 
   if lib == 'art':
     ev = ctx.peers['art']['evasion']
     clf = ctx.art_classifier()
 
-    def make(scale, n):
+    def make_art(scale, n):
       k = {'warmup': 1}.get(scale, scale[1] if isinstance(scale, tuple) else None)
       if attack == 'fgsm':
         return ev.FastGradientMethod(clf, norm=np.inf, eps=eps, targeted=False,
@@ -428,7 +504,7 @@ def runner(ctx, lib, attack):
       y = targets if (TARGETED.get(attack) or (attack == 'cw' and cw_targeted)) else labels
       with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        return make(scale, len(x)).generate(x, y=onehot(y))
+        return make_art(scale, len(x)).generate(x, y=onehot(y))
     return run_art
 
   if lib == 'foolbox':
@@ -437,7 +513,7 @@ def runner(ctx, lib, attack):
       raise Skip('foolbox 3 has no JSMA')
     fmodel = ctx.fmodel()
 
-    def make(scale):
+    def make_fb(scale):
       k = {'warmup': 1}.get(scale, scale[1] if isinstance(scale, tuple) else None)
       if attack == 'fgsm':
         return fb.attacks.LinfFastGradientAttack(random_start=False)
@@ -459,11 +535,16 @@ def runner(ctx, lib, attack):
       else:
         criterion = fb.criteria.Misclassification(tf.constant(labels, tf.int64))
       epsilons = None if attack == 'cw' else eps
-      _, clipped, success = make(scale)(fmodel, xt, criterion, epsilons=epsilons)
+      _, clipped, _ = make_fb(scale)(fmodel, xt, criterion, epsilons=epsilons)
       adv = clipped.numpy()
-      if attack == 'cw':  # foolbox returns zeros where it failed: put the input back
-        ok = success.numpy().reshape(-1)
-        adv[~ok] = x[~ok]
+      if attack == 'cw':
+        # foolbox starts C&W from best_advs = zeros and returns zeros where it never found an
+        # adversarial; its `success` is then re-evaluated on that zero image (an untargeted
+        # run can count it). An all-zero row never comes out of the tanh-space optimisation:
+        # put the input back there.
+        never = np.all(adv.reshape(len(x), -1) == 0, axis=1)
+        never &= ~np.all(x.reshape(len(x), -1) == 0, axis=1)
+        adv[never] = x[never]
       return adv
     return run_fb
 
@@ -473,25 +554,35 @@ def runner(ctx, lib, attack):
     if attack == 'jsma':
       raise Skip('cleverhans 4 has no TF2 JSMA')
     if attack == 'cw':
+      instances = {}
+
       def run_ch_cw(x, labels, targets, scale):
+        # One instance per batch: its `gradient` is a tf.function method, traced per instance
+        # (at the warm-up); the iteration counts are plain attributes its Python loop reads.
         k = {'warmup': 1}.get(scale, scale[1] if isinstance(scale, tuple) else None)
         y = onehot(targets if cw_targeted else labels)
-        cw = ch['cw'].CarliniWagnerL2(
-            model, y=y if cw_targeted else None, targeted=cw_targeted, batch_size=len(x),
-            clip_min=CLIP_MIN, clip_max=CLIP_MAX, binary_search_steps=1 if k else bss,
-            max_iterations=k or iters, abort_early=True, confidence=0.0,
-            initial_const=a.cw_initial_const, learning_rate=a.cw_learning_rate)
+        if len(x) not in instances:
+          instances[len(x)] = ch['cw'].CarliniWagnerL2(
+              model, y=y if cw_targeted else None, targeted=cw_targeted, batch_size=len(x),
+              clip_min=CLIP_MIN, clip_max=CLIP_MAX, binary_search_steps=bss,
+              max_iterations=iters, abort_early=True, confidence=0.0,
+              initial_const=a.cw_initial_const, learning_rate=a.cw_learning_rate)
+        cw = instances[len(x)]
+        cw.binary_search_steps, cw.max_iterations = (1, k) if k else (bss, iters)
         cw.optimizer = _KerasAdamShim(a.cw_learning_rate)
-        return cw.attack(x)
+        if a.cleverhans_cw_as_is:
+          return cw.attack(x)
+        with _per_example_const(ch['cw']):
+          return cw.attack(x)
       return run_ch_cw
 
     def run_ch(x, labels, targets, scale):
       xt = tf.constant(x)
       if attack == 'fgsm':
         return ch['fgm'](model, xt, eps, np.inf, clip_min=CLIP_MIN, clip_max=CLIP_MAX,
-                         y=None, targeted=False).numpy()
+                         y=tf.constant(labels, tf.int64), targeted=False).numpy()
       k = 1 if scale == 'warmup' else (scale[1] if isinstance(scale, tuple) else steps)
-      y = tf.constant(targets, tf.int64) if attack == 'ilcm' else None
+      y = tf.constant(targets if attack == 'ilcm' else labels, tf.int64)
       return ch['pgd'](model, xt, eps, step, k, np.inf, clip_min=CLIP_MIN,
                        clip_max=CLIP_MAX, y=y, targeted=attack == 'ilcm', rand_init=False,
                        sanity_checks=False).numpy()
@@ -502,10 +593,11 @@ def runner(ctx, lib, attack):
 # ---------------------------------------------------------------------------- measuring
 class Result(object):
 
-  def __init__(self, lib, attack, status='ok', ms=None, success=None, l2=None, linf=None,
-               note=''):
+  def __init__(self, lib, attack, status='ok', ms=None, cpu_ms=None, success=None, l2=None,
+               linf=None, note=''):
     self.lib, self.attack, self.status = lib, attack, status
-    self.ms, self.success, self.l2, self.linf, self.note = ms, success, l2, linf, note
+    self.ms, self.cpu_ms, self.success, self.l2, self.linf = ms, cpu_ms, success, l2, linf
+    self.note = note
 
 
 def full_iterations(args, attack):
@@ -531,72 +623,120 @@ def evaluate(ctx, attack, x, adv, true, targets, targeted):
   return rate, mean_l2, float(np.abs(adv - x).max())
 
 
-def measure(ctx, lib, attack, x, true, labels, targets):
-  targeted = TARGETED.get(attack, not ctx.args.cw_untargeted)
+def _failure(lib, attack, e):
+  tb = traceback.format_exc().strip().splitlines()
+  where = next((l.strip() for l in reversed(tb) if l.strip().startswith('File ')), '')
+  return Result(lib, attack, 'failed', note='%s: %s (%s)' % (
+      type(e).__name__, str(e).splitlines()[0][:200] if str(e) else '', where[:160]))
+
+
+def _timed(fn):
+  """(result, wall seconds, process CPU seconds: all threads of this process)."""
+  w0, c0 = time.perf_counter(), time.process_time()
+  out = fn()
+  return out, time.perf_counter() - w0, time.process_time() - c0
+
+
+def measure_attack(ctx, attack, libs, x, true, labels, targets, log):
+  """Results of every library on one attack.
+
+  Warm-up of every library first, then `--repeats` rounds in which each library makes one
+  timed call (rotating the order), so that load from other processes hits all of them;
+  the minimum wall and CPU times are kept. A library stops repeating once a call took 10 s;
+  one whose calls take under SHORT_CALL_S gets 4x as many rounds.
+  """
+  args = ctx.args
+  targeted = TARGETED.get(attack, not args.cw_untargeted)
   n = len(x)
-  try:
-    run = runner(ctx, lib, attack)
-  except Skip as e:
-    return Result(lib, attack, 'n/a', note=str(e))
-  try:
-    t0 = time.perf_counter()
-    run(x, labels, targets, 'warmup')
-    warm = time.perf_counter() - t0
-    cap = ctx.args.peer_time_cap
-    full = full_iterations(ctx.args, attack)
-    scale, note = 'full', ''
-    if lib != 'ours' and cap > 0 and full > 1:
-      # Estimate from a 1-iteration run on the full batch (the warm-up, for most).
-      t0 = time.perf_counter()
-      run(x, labels, targets, ('iters', 1))
-      one = time.perf_counter() - t0
-      if one * full > cap:
-        k = max(1, int(cap / 2 / one))
-        scale = ('iters', k)
-        note = 'extrapolated from %d of %d iterations (1 iteration: %.1f s)' % (k, full, one)
-    seconds = None
-    for _ in range(max(1, ctx.args.repeats)):
-      t0 = time.perf_counter()
-      adv = np.asarray(run(x, labels, targets, scale), np.float32)
-      took = time.perf_counter() - t0
-      seconds = took if seconds is None else min(seconds, took)
-      if took >= 10.0:
-        break
-    if scale != 'full':
-      seconds *= full / float(scale[1])
-      return Result(lib, attack, 'extrapolated', ms=1000.0 * seconds / n, note=note)
-    rate, l2, linf = evaluate(ctx, attack, x, adv, true, targets, targeted)
-    return Result(lib, attack, ms=1000.0 * seconds / n, success=rate, l2=l2, linf=linf,
-                  note='warm-up %.1f s' % warm)
-  except Exception as e:  # pylint: disable=broad-except
-    tb = traceback.format_exc().strip().splitlines()
-    where = next((l.strip() for l in reversed(tb) if l.strip().startswith('File ')), '')
-    return Result(lib, attack, 'failed', note='%s: %s (%s)' % (
-        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else '', where[:160]))
+  results, state = {}, {}
+  for lib in libs:
+    try:
+      run = runner(ctx, lib, attack)
+    except Skip as e:
+      results[lib] = Result(lib, attack, 'n/a', note=str(e))
+      continue
+    try:
+      _, warm, _ = _timed(lambda: run(x, labels, targets, 'warmup'))
+      scale, note = 'full', 'warm-up %.1f s' % warm
+      full = full_iterations(args, attack)
+      # Only ART's C&W (no abort early, a line search per iteration) is capped: its time per
+      # iteration is about constant, so a shorter run extrapolates linearly. Attacks that stop
+      # early (JSMA, C&W with abort early) always run in full.
+      if lib == 'art' and attack == 'cw' and args.peer_time_cap > 0:
+        _, one, _ = _timed(lambda: run(x, labels, targets, ('iters', 1)))
+        if one * full > args.peer_time_cap:
+          k = max(1, int(args.peer_time_cap / 2 / one))
+          scale = ('iters', k)
+          note = ('timed %d of %d iterations, extrapolated linearly (1 iteration: %.1f s)'
+                  % (k, full, one))
+      if lib == 'art' and attack in ('jsma', 'cw'):
+        note += '; %d distinct target classes' % len(np.unique(targets))
+      state[lib] = {'run': run, 'scale': scale, 'note': note, 'wall': None, 'cpu': None,
+                    'adv': None, 'done': False, 'full': full}
+    except Exception as e:  # pylint: disable=broad-except
+      results[lib] = _failure(lib, attack, e)
+  order = list(state)
+  repeats = max(1, args.repeats)
+  for rnd in range(4 * repeats):
+    for lib in order[rnd % len(order):] + order[:rnd % len(order)] if order else []:
+      st = state[lib]
+      if st['done'] or lib in results:
+        continue
+      if rnd >= repeats and st['wall'] >= SHORT_CALL_S:
+        continue  # extra rounds only for short calls, whose timings are the noisiest
+      try:
+        adv, wall, cpu = _timed(lambda: st['run'](x, labels, targets, st['scale']))
+      except Exception as e:  # pylint: disable=broad-except
+        results[lib] = _failure(lib, attack, e)
+        continue
+      st['adv'] = np.asarray(adv, np.float32)
+      st['wall'] = wall if st['wall'] is None else min(st['wall'], wall)
+      st['cpu'] = cpu if st['cpu'] is None else min(st['cpu'], cpu)
+      st['done'] = wall >= 10.0
+  for lib in order:
+    if lib in results:
+      continue
+    st = state[lib]
+    factor = 1.0 if st['scale'] == 'full' else st['full'] / float(st['scale'][1])
+    ms, cpu_ms = 1000.0 * st['wall'] * factor / n, 1000.0 * st['cpu'] * factor / n
+    if st['scale'] != 'full':
+      results[lib] = Result(lib, attack, 'extrapolated', ms=ms, cpu_ms=cpu_ms, note=st['note'])
+      continue
+    rate, l2, linf = evaluate(ctx, attack, x, st['adv'], true, targets, targeted)
+    results[lib] = Result(lib, attack, ms=ms, cpu_ms=cpu_ms, success=rate, l2=l2, linf=linf,
+                          note=st['note'])
+  out = [results[lib] for lib in libs]
+  for r in out:
+    log(r)
+  return out
 
 
 # ---------------------------------------------------------------------------- report
-def fmt_ms(r):
-  if r.ms is None:
+def fmt_ms(r, cpu=False):
+  value = r.cpu_ms if cpu else r.ms
+  if value is None:
     return '-'
-  return ('~%.1f' if r.status == 'extrapolated' else '%.1f') % r.ms
+  text = ('%.2f' if value < 10 else '%.1f') % value
+  return '~' + text if r.status == 'extrapolated' else text
 
 
 def print_results(results, args):
   print('\n## Results per (attack, library)\n')
-  print('| attack | library | status | ms / example | success rate | mean L2 (successes) '
-        '| max L-inf | note |')
-  print('|---|---|---|---:|---:|---:|---:|---|')
+  print('| attack | library | status | ms / example (wall) | CPU ms / example | success rate '
+        '| mean L2 (successes) | max L-inf | note |')
+  print('|---|---|---|---:|---:|---:|---:|---:|---|')
   for r in results:
     succ = '-' if r.success is None else '%.1f%%' % (100 * r.success)
     l2 = '-' if r.l2 is None else '%.3f' % r.l2
     linf = '-' if r.linf is None else '%.3f' % r.linf
-    print('| %s | %s | %s | %s | %s | %s | %s | %s |' % (
-        r.attack, r.lib, r.status, fmt_ms(r), succ, l2, linf, r.note.replace('|', '/')))
+    print('| %s | %s | %s | %s | %s | %s | %s | %s | %s |' % (
+        r.attack, r.lib, r.status, fmt_ms(r), fmt_ms(r, cpu=True), succ, l2, linf,
+        r.note.replace('|', '/')))
 
   print('\n## Ours vs the fastest peer (ms per example, equal iterations)\n')
-  print('| attack | ours | fastest peer | peer ms / example | peer / ours |')
-  print('|---|---:|---|---:|---:|')
+  print('| attack | ours ms / example | fastest peer | peer ms / example | peer / ours (wall) '
+        '| peer / ours (CPU) |')
+  print('|---|---:|---|---:|---:|---:|')
   summary = {}
   for attack in args.attacks:
     rows = [r for r in results if r.attack == attack]
@@ -604,24 +744,29 @@ def print_results(results, args):
     peers = [r for r in rows if r.lib != 'ours' and r.ms is not None]
     best = min(peers, key=lambda r: r.ms) if peers else None
     summary[attack] = (ours, best)
-    print('| %s | %s | %s | %s | %s |' % (
+    both = ours is not None and best is not None
+    print('| %s | %s | %s | %s | %s | %s |' % (
         attack, fmt_ms(ours) if ours else '-', best.lib if best else '-',
         fmt_ms(best) if best else '-',
-        '%.2fx' % (best.ms / ours.ms) if ours and best else '-'))
+        '%.2fx' % (best.ms / ours.ms) if both else '-',
+        '%.2fx' % (best.cpu_ms / ours.cpu_ms) if both else '-'))
 
   print('\n## Targets\n')
   for attack, (ours, best) in summary.items():
     if ours and best:
-      print('- %s: ours %s the fastest peer (%s): %.1f vs %s ms/example'
-            % (attack, 'no slower than' if ours.ms <= best.ms else 'SLOWER than',
-               best.lib, ours.ms, fmt_ms(best)))
+      if ours.ms <= best.ms:
+        verdict = 'no slower than'
+      else:
+        verdict = 'SLOWER (by %.1f%%) than' % (100.0 * (ours.ms / best.ms - 1.0))
+      print('- %s: ours %s the fastest peer (%s): %s vs %s ms/example (CPU %s vs %s)'
+            % (attack, verdict, best.lib, fmt_ms(ours), fmt_ms(best), fmt_ms(ours, cpu=True),
+               fmt_ms(best, cpu=True)))
   rows = {(r.lib, r.attack): r for r in results}
   ours_j, art_j = rows.get(('ours', 'jsma')), rows.get(('art', 'jsma'))
   if ours_j and art_j and ours_j.ms and art_j.ms:
     ratio = art_j.ms / ours_j.ms
-    print('- jsma: ours %.1fx faster per example than ART%s (target >= 10x: %s)'
-          % (ratio, ' (ART extrapolated)' if art_j.status == 'extrapolated' else '',
-             'met' if ratio >= 10 else 'NOT met'))
+    print('- jsma: ours %.1fx faster per example than ART (CPU: %.1fx) (target >= 10x: %s)'
+          % (ratio, art_j.cpu_ms / ours_j.cpu_ms, 'met' if ratio >= 10 else 'NOT met'))
   ours_c, fb_c = rows.get(('ours', 'cw')), rows.get(('foolbox', 'cw'))
   if ours_c and fb_c and ours_c.l2 is not None and fb_c.l2 is not None:
     print('- cw: mean L2 ours %.3f (success %.0f%%) vs foolbox %.3f (success %.0f%%) '
@@ -665,54 +810,64 @@ def main(argv=None):
   rng = np.random.RandomState(args.seed)
   cw_targets = (true + rng.randint(1, 10, size=n)) % 10  # random class != true label
 
-  peers, availability = {}, []
+  peers, unavailable, versions = {}, {}, []
   for lib in args.libraries:
     if lib == 'ours':
       continue
     mod, reason = import_peer(lib)
     if mod is None:
-      availability.append('%s: not available: %s' % (lib, reason))
+      unavailable[lib] = 'not available: %s' % reason
+      versions.append('%s %s' % (lib, unavailable[lib]))
     else:
       peers[lib] = mod
-      availability.append('%s %s%s' % (lib, mod['version'], ' (%s)' % reason if reason else ''))
-  print('peers: ' + '; '.join(availability))
-  print('images: %d digits test images (JSMA: the first %d, C&W: the first %d), box [%g, %g]; eps %g, %d steps '
-        'of %g; JSMA theta %g, <= %d pixels; C&W %s, %d x %d iterations, lr %g, c0 %g'
-        % (n, min(args.jsma_num_images, n), min(args.cw_num_images, n), CLIP_MIN, CLIP_MAX, args.eps, args.bim_steps,
-           args.eps / args.bim_steps, args.jsma_theta, args.jsma_max_pixels,
-           'untargeted' if args.cw_untargeted else 'targeted (random class != true)',
-           args.cw_binary_search_steps, args.cw_max_iterations, args.cw_learning_rate,
-           args.cw_initial_const))
-  print('timing: wall time of one call on all the attack\'s images / images, the minimum of '
-        'up to %d calls (more only while a call takes < 10 s), after one untimed warm-up call '
-        '(tracing and graph set-up excluded); peer runs estimated over %gs run fewer '
-        'iterations and are extrapolated (~)' % (args.repeats, args.peer_time_cap), flush=True)
+      versions.append('%s %s%s' % (lib, mod['version'], ' (%s)' % reason if reason else ''))
+  print('peers: ' + '; '.join(versions))
+  print('images: %d digits test images (JSMA: the first %d, C&W: the first %d), box [%g, %g]; '
+        'eps %g, %d steps of %g; JSMA theta %g, <= %d pixels; C&W %s, %d x %d iterations, '
+        'lr %g, c0 %g' % (
+            n, min(args.jsma_num_images, n), min(args.cw_num_images, n), CLIP_MIN, CLIP_MAX,
+            args.eps, args.bim_steps, args.eps / args.bim_steps, args.jsma_theta,
+            args.jsma_max_pixels,
+            'untargeted' if args.cw_untargeted else 'targeted (random class != true)',
+            args.cw_binary_search_steps, args.cw_max_iterations, args.cw_learning_rate,
+            args.cw_initial_const))
+  print('timing: one call on all of an attack\'s images, wall (and process CPU) time / images; '
+        'one untimed warm-up call per library first (tracing and graph set-up not counted); '
+        'then %d rounds of one timed call per library, order rotated, minimum kept (%d rounds '
+        'for calls under %g s, none after a call of 10 s); ART\'s C&W, when estimated over '
+        '%g s, runs fewer iterations and is extrapolated (~)' % (
+            args.repeats, 4 * args.repeats, SHORT_CALL_S, args.peer_time_cap),
+        flush=True)
 
   ctx = Context(args, model, ours, peers)
   results = []
+
+  def log(r):
+    print('  %-5s %-10s %-12s %9s ms/example (CPU %9s)  %s' % (
+        r.attack, r.lib, r.status, fmt_ms(r), fmt_ms(r, cpu=True), r.note), flush=True)
+
   for attack in args.attacks:
     if attack == 'cw':
       m = min(args.cw_num_images, n)
-      xa, ta, la, tg = x[:m], true[:m], labels[:m], (
-          cw_targets[:m] if not args.cw_untargeted else true[:m])
+      tg = cw_targets[:m] if not args.cw_untargeted else true[:m]
     elif attack == 'jsma':
       m = min(args.jsma_num_images, n)
-      xa, ta, la, tg = x[:m], true[:m], labels[:m], least_likely[:m]
+      tg = least_likely[:m]
     else:
-      xa, ta, la, tg = x, true, labels, least_likely
+      m = n
+      tg = least_likely
+    libs = [lib for lib in args.libraries if lib == 'ours' or lib in peers]
+    t0 = time.time()
+    done = {r.lib: r for r in measure_attack(ctx, attack, libs, x[:m], true[:m], labels[:m],
+                                             tg, log)}
     for lib in args.libraries:
-      if lib != 'ours' and lib not in peers:
-        results.append(Result(lib, attack, 'not available',
-                              note=next(s for s in availability if s.startswith(lib))))
-        continue
-      t0 = time.time()
-      r = measure(ctx, lib, attack, xa, ta, la, tg)
-      results.append(r)
-      print('  %-5s %-10s %-12s %8s ms/example  (%.0f s) %s' % (
-          attack, lib, r.status, fmt_ms(r), time.time() - t0, r.note), flush=True)
+      if lib in unavailable:
+        done[lib] = Result(lib, attack, 'not available', note=unavailable[lib])
+      results.append(done[lib])
+    print('  (%s: %.0f s)' % (attack, time.time() - t0), flush=True)
   print_results(results, args)
-  print('\ntotal %.0f s; eager model traced %d time(s)' % (time.time() - t_start,
-                                                           model.trace_count))
+  print('\ntotal %.0f s; the eager model was traced %d time(s)' % (time.time() - t_start,
+                                                                  model.trace_count))
 
 
 if __name__ == '__main__':
