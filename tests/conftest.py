@@ -72,3 +72,16 @@ def digits_train(digits_dir):
 def digits_test(digits_dir):
   """Path of the digits test file (mnist format)."""
   return os.path.join(digits_dir, 'data_test.bin')
+
+
+def markdown_table(text, header_start):
+  """Rows (lists of cells) of the Markdown table whose header starts with `header_start`."""
+  lines = text.splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+  header = [c.strip() for c in lines[start].strip().strip('|').split('|')]
+  rows = []
+  for line in lines[start + 2:]:
+    if not line.startswith('|'):
+      break
+    rows.append([c.strip() for c in line.strip().strip('|').split('|')])
+  return header, rows

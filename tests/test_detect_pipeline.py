@@ -17,7 +17,7 @@ import pytest
 from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
-from conftest import describe, run_script  # pylint: disable=g-bad-import-order
+from conftest import describe, markdown_table, run_script  # pylint: disable=g-bad-import-order
 import attack_runner  # pylint: disable=g-bad-import-order
 import dataset_input
 import detect_report
@@ -86,19 +86,6 @@ def is_png(path):
     return False
   pixels = matplotlib.image.imread(path)
   return pixels.ndim == 3 and pixels.shape[0] > 10 and pixels.shape[1] > 10
-
-
-def markdown_table(text, header_start):
-  """Rows (lists of cells) of the Markdown table whose header starts with `header_start`."""
-  lines = text.splitlines()
-  start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
-  header = [c.strip() for c in lines[start].strip().strip('|').split('|')]
-  rows = []
-  for line in lines[start + 2:]:
-    if not line.startswith('|'):
-      break
-    rows.append([c.strip() for c in line.strip().strip('|').split('|')])
-  return header, rows
 
 
 def log_kd(features, classes, points, point_labels, sigma2):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import describe, popen_script, run_script  # pylint: disable=g-bad-import-order
+from conftest import describe, markdown_table, popen_script, run_script  # pylint: disable=g-bad-import-order
 
 ATTACK_ROWS = ('FGSM', 'BIM', 'ILCM', 'JSMA', 'C&W', 'C&W-hc', 'C&W-wb')
 ATTACKS = ('fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2', 'carliniL2_highcon',
@@ -36,18 +36,6 @@ def section(text, prefix):
   matches = [body for head, body in sections(text).items() if head.startswith(prefix)]
   assert len(matches) == 1, (prefix, list(sections(text)))
   return matches[0]
-
-
-def table_rows(body, header_start):
-  lines = body.splitlines()
-  start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
-  header = [c.strip() for c in lines[start].strip().strip('|').split('|')]
-  rows = []
-  for line in lines[start + 2:]:
-    if not line.startswith('|'):
-      break
-    rows.append([c.strip() for c in line.strip().strip('|').split('|')])
-  return header, rows
 
 
 @pytest.fixture(scope='module')
@@ -78,7 +66,7 @@ def test_tiny_run_prints_every_stage(first_run):
 def test_table1_two_error_rates(first_run):
   _require(first_run)
   body = section(first_run['text'], '## Table 1')
-  header, rows = table_rows(body, '| Model')
+  header, rows = markdown_table(body, '| Model')
   assert header[:2] == ['Model', 'test error'], header
   assert [r[0] for r in rows] == list(MODELS), rows
   for row in rows:
@@ -96,7 +84,7 @@ def test_table1_two_error_rates(first_run):
 def test_table2_every_attack_and_every_cell(first_run):
   _require(first_run)
   body = section(first_run['text'], '## Table 2')
-  header, rows = table_rows(body, '| Attack')
+  header, rows = markdown_table(body, '| Attack')
   assert header[1:7] == AUC_COLUMNS, header
   titles = [re.sub(r' \(eps [0-9.]+\)$', '', r[0]) for r in rows]
   assert titles == list(ATTACK_ROWS), [r[0] for r in rows]
@@ -115,7 +103,7 @@ def test_table2_every_attack_and_every_cell(first_run):
 def test_table3_and_figures_and_commands(first_run):
   _require(first_run)
   text, out = first_run['text'], first_run['out']
-  header, rows = table_rows(section(text, '## Table 3'), '| Model')
+  header, rows = markdown_table(section(text, '## Table 3'), '| Model')
   assert [r[0] for r in rows] == list(MODELS), rows
   assert 'ratio of f2' in header[1] and 'L2' in header[2], header
   for row in rows:
@@ -129,7 +117,7 @@ def test_table3_and_figures_and_commands(first_run):
     assert os.path.exists(path), fig
     with open(path, 'rb') as f:
       assert f.read(8) == PNG_SIGNATURE, fig
-  _, timing = table_rows(section(text, '## Wall time'), '| Stage')
+  _, timing = markdown_table(section(text, '## Wall time'), '| Stage')
   assert [r[0] for r in timing] == STAGES
   assert all(float(r[1]) >= 0 for r in timing)
   commands = section(text, '## Commands').strip().splitlines()
@@ -191,6 +179,6 @@ def test_rerun_after_interruption_skips_finished_stages_and_gives_same_tables(fi
     text = f.read()
   for prefix in ('## Table 1', '## Table 2', '## Table 3'):
     assert section(text, prefix) == section(first_run['text'], prefix), prefix
-  _, timing = table_rows(section(text, '## Wall time'), '| Stage')
+  _, timing = markdown_table(section(text, '## Wall time'), '| Stage')
   marks = {r[0]: r[2] if len(r) > 2 else '' for r in timing}
   assert marks['train_CE'] == 'from an earlier run' and marks['attack_bim_RCE'] == ''
