@@ -49,20 +49,14 @@ def _scores(data, kd, side):
           'k_density': log_kd}
 
 
-def _round_of(summary, eps_round):
-  """0-based round: the requested one for swept attacks, the only one otherwise."""
-  return eps_round - 1 if summary['num_rounds'] > 1 else 0
-
-
 def evaluate_attack(directory, kd, thresholds, eps_round):
   """AUCs, ROC points and the thresholding test of one attack on one model."""
-  data = result_files.load_attack_round(directory,
-                                        _round_of(result_files.load_summary(directory),
-                                                  eps_round))
+  index = result_files.round_index(result_files.load_summary(directory), eps_round)
+  data = result_files.load_attack_round(directory, index)
   keep = detection.kept_mask(data['labels_true'], data['labels_nor'], data['labels_adv'])
   nor, adv = _scores(data, kd, 'nor'), _scores(data, kd, 'adv')
   out = {'n_kept': int(keep.sum()), 'auc': {}, 'roc': {},
-         'eps': data['summary']['eps'][_round_of(data['summary'], eps_round)]}
+         'eps': data['summary']['eps'][index]}
   for metric in detection.TABLE_METRICS:
     pos, neg = nor[metric][keep], adv[metric][keep]
     out['auc'][metric] = detection.roc_auc(pos, neg)
@@ -116,6 +110,8 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
         'no complete attack results for %s under %s (expected {attack}_%s/{CE,RCE}/%s; run '
         'test_adv.py --mode=attack first)' % (dataset, results_dir, dataset,
                                               result_files.SUMMARY))
+  if threshold != 'median':
+    raise ValueError('unknown threshold rule %r' % threshold)
   out_dir = out_dir or os.path.join(results_dir, 'detect_%s' % dataset)
   kernel_dir = result_files.kernel_dir(dataset, results_dir)
   detectors = {}
@@ -123,8 +119,6 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
     params = result_files.load_kernel_params(kernel_dir, model == 'RCE', dataset)
     kd = detection.KernelDensity(float(params['sigma2'])).fit(params['points'],
                                                             params['point_labels'])
-    if threshold != 'median':
-      raise ValueError('unknown threshold rule %r' % threshold)
     detectors[model] = (kd, params['medians'])
 
   results, rows = [], []

@@ -83,7 +83,12 @@ def load_summary(directory):
     return json.load(f)
 
 
-def load_attack_round(directory, round_index):
+def round_index(summary, eps_round):
+  """0-based round to read: the 1-based `eps_round` of a sweep, the only round otherwise."""
+  return eps_round - 1 if summary['num_rounds'] > 1 else 0
+
+
+def load_attack_round(directory, index):
   """The arrays of one eps round (0-based) of a result folder, checked for consistency.
 
   Returns:
@@ -92,9 +97,9 @@ def load_attack_round(directory, round_index):
   """
   summary = load_summary(directory)
   n, rounds = summary['num_examples'], summary['num_rounds']
-  if not 0 <= round_index < rounds:
+  if not 0 <= index < rounds:
     raise ResultsError('%s: eps round %d does not exist (it has rounds 1..%d, eps %s)'
-                       % (directory, round_index + 1, rounds, summary['eps']))
+                       % (directory, index + 1, rounds, summary['eps']))
   out = {'summary': summary}
   for name in TEXT_FILES:
     path = os.path.join(directory, name)
@@ -107,7 +112,7 @@ def load_attack_round(directory, round_index):
                          'results of different runs' % (directory, name, len(values), expected,
                                                         n, rounds))
     if name in ADV_FILES:
-      values = values[round_index * n:(round_index + 1) * n]
+      values = values[index * n:(index + 1) * n]
     out[name] = values.astype(np.int64) if name.startswith('labels') else values
   return out
 

@@ -35,8 +35,8 @@ def define_flags():
 def panel(directory, title, eps_round, max_points, seed=0):
   """One panel dict for detection.plot_tsne from an attack result folder."""
   summary = result_files.load_summary(directory)
-  data = result_files.load_attack_round(
-      directory, eps_round - 1 if summary['num_rounds'] > 1 else 0)
+  index = result_files.round_index(summary, eps_round)
+  data = result_files.load_attack_round(directory, index)
   keep = detection.kept_mask(data['labels_true'], data['labels_nor'], data['labels_adv'])
   rng = np.random.RandomState(seed)
   nor = rng.permutation(len(keep))[:max_points]
@@ -44,7 +44,7 @@ def panel(directory, title, eps_round, max_points, seed=0):
   features = np.concatenate([data['logits_nor'][nor], data['logits_adv'][adv]])
   labels = np.concatenate([data['labels_true'][nor], data['labels_adv'][adv]])
   is_adv = np.concatenate([np.zeros(len(nor), bool), np.ones(len(adv), bool)])
-  eps = summary['eps'][eps_round - 1] if summary['num_rounds'] > 1 else summary['eps'][0]
+  eps = summary['eps'][index]
   suffix = '' if eps is None else ', eps %g' % eps
   return {'title': '%s (%d normal, %d adversarial%s)' % (title, len(nor), len(adv), suffix),
           'embedding': detection.tsne_embed(features, seed=seed), 'labels': labels,
