@@ -2,10 +2,12 @@
 
 The peer libraries (ART, foolbox 3, cleverhans 4) need a model they can call eagerly on a
 tf.Tensor and differentiate with tf.GradientTape. `EagerResNet` is that model: the same
-pre-activation ResNet as `resnet_model.build_network(hps, x, 'eval')`, op for op (conv2d SAME
-with the same strides, tf.nn.batch_normalization with the moving statistics and epsilon 0.001,
-leaky ReLU 0.1, average-pool + zero-channel-pad shortcuts, global average pool, xw_plus_b),
-with its weights read by name from a checkpoint via tf.train.load_checkpoint. Its output is
+pre-activation ResNet as `resnet_model.build_network(hps, x, 'eval')` (conv2d SAME with the
+same strides, tf.nn.batch_normalization with the moving statistics and epsilon 0.001, leaky
+ReLU 0.1, average-pool + zero-channel-pad shortcuts, global average pool, xw_plus_b), with its
+weights read by name from a checkpoint via tf.train.load_checkpoint. It is written the way a
+TF2 / Keras user writes it, every BN its own op; ours folds each unit's second BN into the
+conv before it (resnet_model's conv_bn), the same function up to float rounding. Its output is
 the flipped logits (`resnet_model.flip_logits`) for an RCE model, like `make_logits_fn`.
 
 The forward pass is one tf.function with a dynamic-batch input signature, so it is traced

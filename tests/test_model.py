@@ -282,6 +282,70 @@ def test_eval_mode_uses_moving_statistics():
   np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
 
 
+def numpy_conv_same(x, w, stride):
+  """TF's conv2d with padding SAME (extra padding row/column at the end), float64."""
+  k, h = w.shape[0], x.shape[1]
+  out = -(-h // stride)
+  pad = max((out - 1) * stride + k - h, 0)
+  x = np.pad(x, [(0, 0), (pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2), (0, 0)])
+  patches = np.stack([np.stack([x[:, i:i + stride * out:stride, j:j + stride * out:stride]
+                                for j in range(k)], axis=3) for i in range(k)], axis=3)
+  return np.einsum('bhwijc,ijcd->bhwd', patches, w)
+
+
+def numpy_eval_resnet(x, weights, units):
+  """Pre-activation ResNet in eval mode written out in numpy: the reference for build_network."""
+  def bn(scope, x):
+    v = lambda name: weights[scope + '/' + name]
+    return (x - v('moving_mean')) / np.sqrt(v('moving_variance') + 1e-3) * v('gamma') + v('beta')
+
+  relu = lambda x: np.where(x > 0, x, 0.1 * x)
+  x = numpy_conv_same(x, weights['init/init_conv/DW'], 1)
+  for stage, (out_f, stride) in enumerate([(16, 1), (32, 2), (64, 2)], start=1):
+    for i in range(units):
+      scope, stride = 'unit_%d_%d/' % (stage, i), stride if i == 0 else 1
+      if stage == 1 and i == 0:
+        x = orig = relu(bn(scope + 'shared_activation/init_bn', x))
+      else:
+        orig, x = x, relu(bn(scope + 'residual_only_activation/init_bn', x))
+      x = numpy_conv_same(x, weights[scope + 'sub1/conv1/DW'], stride)
+      x = relu(bn(scope + 'sub2/bn2', x))
+      x = numpy_conv_same(x, weights[scope + 'sub2/conv2/DW'], 1)
+      if orig.shape[-1] != out_f:
+        b, h, w, c = orig.shape
+        orig = orig.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+        orig = np.pad(orig, [(0, 0)] * 3 + [((out_f - c) // 2,) * 2])
+      x = x + orig
+  feature = relu(bn('unit_last/final_bn', x)).mean(axis=(1, 2))
+  return feature @ weights['logit/DW'] + weights['logit/biases'], feature
+
+
+def test_eval_mode_matches_numpy_reference_with_moving_statistics():
+  # Random BN statistics and affine parameters (negative gamma included), so that folding the
+  # BN after each unit's first conv into that conv is checked, not just the identity BN.
+  rng = np.random.RandomState(7)
+  x = rng.uniform(-0.5, 0.5, (3, 8, 8, 1)).astype(np.float32)
+  with tf.Graph().as_default():
+    tf1.set_random_seed(7)
+    images = tf1.placeholder(tf.float32, [None, 8, 8, 1])
+    logits, feature, _ = resnet_model.build_network(SMALL, images, 'eval')
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      for name, var in variables_by_name().items():
+        shape = var.shape.as_list()
+        if name.endswith(('beta', 'moving_mean')):
+          var.load(rng.uniform(-0.5, 0.5, shape).astype(np.float32), sess)
+        elif name.endswith('gamma'):
+          var.load(rng.uniform(-1.5, 1.5, shape).astype(np.float32), sess)
+        elif name.endswith('moving_variance'):
+          var.load(rng.uniform(0.2, 2.0, shape).astype(np.float32), sess)
+      weights = {n: v.astype(np.float64) for n, v in sess.run(variables_by_name()).items()}
+      got_logits, got_feature = sess.run([logits, feature], {images: x})
+  want_logits, want_feature = numpy_eval_resnet(x.astype(np.float64), weights, 1)
+  np.testing.assert_allclose(got_feature, want_feature, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got_logits, want_logits, rtol=1e-4, atol=1e-5)
+
+
 def test_unknown_mode_is_rejected():
   with tf.Graph().as_default():
     images = tf1.placeholder(tf.float32, [None, 28, 28, 1])
