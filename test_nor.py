@@ -37,11 +37,8 @@ class Evaluator(object):
     files = dataset_input.validate_files(dataset, pattern)
     self.graph = tf.Graph()
     with self.graph.as_default():
-      ds = dataset_input.make_dataset(dataset, pattern, batch_size, train=False, files=files)
-      self.iterator = tf1.data.make_initializable_iterator(ds)
-      images, labels = self.iterator.get_next()
-      logits, _, _ = resnet_model.build_network(hps, images, 'eval')
-      self.correct, self.count = training.correct_and_count(logits, labels, hps.RCE_train)
+      self.iterator, self.correct, self.count = training.build_test_precision(
+          hps, dataset, pattern, batch_size, files)
       self.variables = resnet_model.model_variables()
 
   def evaluate(self, ckpt, batch_count, config=None):

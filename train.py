@@ -37,12 +37,8 @@ def _test_precision_hook(hps, spec, global_step, summary_dir):
                  'training files, or --test_every_steps=0)', spec.test_file)
     return None
   files = dataset_input.validate_files(FLAGS.dataset, pattern)
-  with tf.device('/cpu:0'):
-    ds = dataset_input.make_dataset(FLAGS.dataset, pattern, 100, train=False, files=files)
-    iterator = tf1.data.make_initializable_iterator(ds)
-    images, labels = iterator.get_next()
-  logits, _, _ = resnet_model.build_network(hps, images, 'eval')
-  correct, count = training.correct_and_count(logits, labels, hps.RCE_train)
+  iterator, correct, count = training.build_test_precision(hps, FLAGS.dataset, pattern, 100,
+                                                           files)
   logging.info('test precision every %d steps on %d batches of %s', FLAGS.test_every_steps,
                FLAGS.test_batches, pattern)
   return training.TestPrecisionHook(global_step, iterator, correct, count,

@@ -12,6 +12,7 @@ import time
 from absl import logging
 import tensorflow as tf
 
+import dataset_input
 import resnet_model
 
 tf1 = tf.compat.v1
@@ -120,6 +121,21 @@ def correct_and_count(logits, labels, rce):
   """(number correct, batch size) as int64 scalars, for precision over many batches."""
   correct = tf.reduce_sum(tf.cast(correct_predictions(logits, labels, rce), tf.int64))
   return correct, tf.shape(labels, out_type=tf.int64)[0]
+
+
+def build_test_precision(hps, dataset, pattern, batch_size, files=None):
+  """The eval-mode model on a fixed-order pass over the test files, in the default graph.
+
+  Returns (iterator, correct, count): re-initialize `iterator` for each pass, then sum
+  `correct` and `count` over its batches.
+  """
+  with tf.device('/cpu:0'):
+    ds = dataset_input.make_dataset(dataset, pattern, batch_size, train=False, files=files)
+    iterator = tf1.data.make_initializable_iterator(ds)
+    images, labels = iterator.get_next()
+  logits, _, _ = resnet_model.build_network(hps, images, 'eval')
+  correct, count = correct_and_count(logits, labels, hps.RCE_train)
+  return iterator, correct, count
 
 
 def build_train_graph(hps, spec, images, labels, devices):

@@ -181,7 +181,6 @@ class CarliniWagnerL2(object):
       self._step_l2 = tf.identity(best_l2)
       self._step_img = tf.identity(best_img)
     self._iterations = out[0]
-    self._reset = reset
 
   def attack(self, x, y_target):
     """Runs the attack on any number of examples, batch_size at a time.

@@ -255,7 +255,7 @@ def profile(graphs, base_config, steps):
           % (name, steps, total, n_conv, conv, 100 * conv / total, total - conv))
     top = sorted(med.items(), key=lambda kv: -kv[1])[:12]
     print('   ' + ', '.join('%s %.1f ms (%d)' % (op, ms, counts[name][op]) for op, ms in top))
-  (t_ours, c_ours), (t_orig, c_orig) = totals['ours'], totals['original']
+  (t_ours, c_ours), (t_orig, _) = totals['ours'], totals['original']
   print('profile: traced-op ratio original/ours %.2fx; with every non-convolution op free the '
         'ceiling would be %.2fx; 1.5x needs ours\' non-convolution time <= %.0f ms (now %.0f)'
         % (t_orig / t_ours, t_orig / c_ours, t_orig / 1.5 - c_ours, t_ours - c_ours))
