@@ -3,6 +3,7 @@
 Every fixture here is CPU-only and seeded; the data fixtures write into pytest's tmp dirs,
 never into the repository.
 """
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -39,6 +40,15 @@ def popen_script(args, cwd=REPO_ROOT, **kwargs):
   or pipes as given in kwargs); the caller kills or waits for it."""
   return subprocess.Popen([sys.executable] + [str(a) for a in args], cwd=cwd,
                           env=script_env(), **kwargs)
+
+
+def run_parallel(jobs, timeout=600, workers=2, cwds=None):
+  """Runs several scripts (lists of args) at most `workers` at a time, each in its cwd (the
+  repo root unless `cwds` gives one per job); returns the CompletedProcesses in job order."""
+  cwds = cwds or [REPO_ROOT] * len(jobs)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    return list(pool.map(lambda job: run_script(job[0], timeout=timeout, cwd=job[1]),
+                         zip(jobs, cwds)))
 
 
 def describe(proc):
@@ -85,3 +95,65 @@ def markdown_table(text, header_start):
       break
     rows.append([c.strip() for c in line.strip().strip('|').split('|')])
   return header, rows
+
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def is_png(path):
+  """Whether `path` is a PNG that decodes to an RGB(A) image larger than 10x10."""
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  with open(path, 'rb') as f:
+    head = f.read(8)
+  if head != PNG_SIGNATURE:
+    return False
+  pixels = matplotlib.image.imread(path)
+  return pixels.ndim == 3 and pixels.shape[0] > 10 and pixels.shape[1] > 10
+
+
+# ---- the scripts' command lines on the digits data (mnist format, ResNet-8 by default) -----
+
+
+def model_flags(log_root, rce, units=1):
+  return ['--dataset=mnist', '--num_gpus=1', '--num_residual_units=%d' % units,
+          '--RCE_train=%s' % rce, '--log_root=%s' % log_root]
+
+
+def train_args(train_file, log_root, total_steps, rce=True, num_gpus=1, extra=()):
+  """The README's train.py command."""
+  return ['train.py', '--train_data_path=%s' % train_file, '--log_root=%s' % log_root,
+          '--train_dir=%s' % os.path.join(str(log_root), 'train'), '--dataset=mnist',
+          '--num_gpus=%d' % num_gpus, '--num_residual_units=1', '--mode=train',
+          '--Optimizer=mom', '--total_steps=%d' % total_steps, '--RCE_train=%s' % rce
+          ] + list(extra)
+
+
+def attack_args(test_file, log_root, rce, method, n, batches=1, units=1, extra=()):
+  """The README's test_adv.py --mode=attack command (the script by absolute path, so that
+  it runs from any working directory)."""
+  return ([os.path.join(REPO_ROOT, 'test_adv.py'), '--eval_data_path=%s' % test_file,
+           '--Optimizer=mom', '--mode=attack', '--attack_method=%s' % method,
+           '--eval_batch_count=%d' % batches, '--attack_batch_size=%d' % n]
+          + model_flags(log_root, rce, units) + list(extra))
+
+
+SHARED_TRAIN_STEPS = 200
+MODELS = ('CE', 'RCE')
+# The AUC columns of the detect table (Table 2), in the paper's order.
+AUC_COLUMNS = ['%s %s' % (metric, model) for metric in ('Confidence', 'non-ME', 'K-density')
+               for model in MODELS]
+
+
+@pytest.fixture(scope='session')
+def shared_models(tmp_path_factory, digits_train):
+  """{'CE': log_root, 'RCE': log_root}: ResNet-8s (num_residual_units=1) trained once per
+  test session with the README's train.py command (both at once)."""
+  root = tmp_path_factory.mktemp('shared_models_mnist')
+  roots = {m: str(root / m) for m in MODELS}
+  extra = ['--checkpoint_steps=%d' % SHARED_TRAIN_STEPS, '--test_every_steps=0',
+           '--log_steps=100']
+  procs = run_parallel([train_args(digits_train, roots[m], SHARED_TRAIN_STEPS, m == 'RCE',
+                                   extra=extra) for m in MODELS])
+  for proc in procs:
+    assert proc.returncode == 0, describe(proc)
+  return roots

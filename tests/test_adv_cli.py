@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, describe, run_script  # pylint: disable=g-bad-import-order
+from conftest import attack_args, describe, run_parallel, run_script  # pylint: disable=g-bad-import-order
 import attack_runner  # pylint: disable=g-bad-import-order
 import attacks
 import dataset_input
 import restored_model
 import resnet_model
 import result_files
-import test_detect_pipeline as pipeline_helpers
 
 tf1 = tf.compat.v1
 tf1.disable_eager_execution()
@@ -32,17 +31,13 @@ CW_FLAGS = ['--cw_max_iterations=30', '--cw_binary_search_steps=2', '--cw_batch_
 
 
 def readme_attack(test_file, log_root, n=N, batches=1, method='fgsm', units=1, extra=()):
-  """The README's test_adv.py command with the given paths."""
-  return [os.path.join(REPO_ROOT, 'test_adv.py'), '--eval_data_path=%s' % test_file, '--log_root=%s' % log_root,
-          '--dataset=mnist', '--num_gpus=1', '--num_residual_units=%d' % units,
-          '--Optimizer=mom', '--mode=attack', '--RCE_train=True',
-          '--attack_method=%s' % method, '--eval_batch_count=%d' % batches,
-          '--attack_batch_size=%d' % n] + list(extra)
+  """The README's test_adv.py command (an RCE model) with the given paths."""
+  return attack_args(test_file, log_root, True, method, n, batches, units, extra)
 
 
 @pytest.fixture(scope='module')
-def rce_root(tmp_path_factory, digits_train):
-  return pipeline_helpers.shared_models(tmp_path_factory, digits_train)['RCE']
+def rce_root(shared_models):
+  return shared_models['RCE']
 
 
 @pytest.fixture(scope='module')
@@ -51,12 +46,10 @@ def fgsm_runs(rce_root, digits_test, tmp_path_factory):
   cwd = str(tmp_path_factory.mktemp('attack_cwd'))
   cwd2 = str(tmp_path_factory.mktemp('attack_cwd_save_pwd'))
   save_pwd = os.path.join(str(tmp_path_factory.mktemp('save_pwd')), 'my', 'results')
-  jobs = [(readme_attack(digits_test, rce_root), cwd),
-          (readme_attack(digits_test, rce_root, n=15, batches=2,
-                         extra=['--save_pwd=%s' % save_pwd]), cwd2)]
-  import concurrent.futures  # pylint: disable=g-import-not-at-top
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    readme, saved = pool.map(lambda job: run_script(job[0], cwd=job[1], timeout=300), jobs)
+  readme, saved = run_parallel(
+      [readme_attack(digits_test, rce_root),
+       readme_attack(digits_test, rce_root, n=15, batches=2, extra=['--save_pwd=%s' % save_pwd])],
+      timeout=300, cwds=[cwd, cwd2])
   return dict(readme=readme, cwd=cwd, out=os.path.join(cwd, 'fgsm_mnist', 'RCE'),
               saved=saved, cwd2=cwd2, save_pwd=save_pwd)
 
@@ -274,15 +267,13 @@ def error_runs(rce_root, digits_test, tmp_path_factory):
   cwds = {name: base / ('cwd_' + name) for name in cases}
   for cwd in cwds.values():
     cwd.mkdir()
-  import concurrent.futures  # pylint: disable=g-import-not-at-top
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    procs = dict(zip(cases, pool.map(
-        lambda name: run_script(cases[name], cwd=str(cwds[name]), timeout=300), cases)))
-  return {name: (procs[name], str(cwds[name]), cases[name]) for name in cases}
+  procs = run_parallel(list(cases.values()), timeout=300,
+                       cwds=[str(cwds[name]) for name in cases])
+  return {name: (proc, str(cwds[name])) for name, proc in zip(cases, procs)}
 
 
 def _assert_clean_error(run, *needles):
-  proc, cwd, _ = run
+  proc, cwd = run
   assert proc.returncode != 0, describe(proc)
   assert 'error:' in proc.stderr, describe(proc)
   for needle in needles:
@@ -306,7 +297,7 @@ def test_data_file_of_the_wrong_format_is_a_clear_error(error_runs):
 
 
 def test_unknown_attack_method_is_rejected_listing_the_names(error_runs):
-  proc, cwd, _ = error_runs['unknown_attack']
+  proc, cwd = error_runs['unknown_attack']
   assert proc.returncode != 0, describe(proc)
   assert 'deepfool' in proc.stderr, describe(proc)
   for name in attacks.ATTACK_NAMES:

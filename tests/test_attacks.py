@@ -4,8 +4,6 @@ One graph for the module: an RCE and a CE ResNet-8 (num_residual_units=1, variab
 'rce' and 'ce'), trained 300 steps each, and every attack graph, built once; the graph is
 then finalized, so any op an attack tried to add while running would fail the test.
 """
-import os
-import sys
 import time
 import types
 
@@ -13,10 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import attacks  # pylint: disable=g-import-not-at-top
-import dataset_input  # pylint: disable=g-import-not-at-top
-import resnet_model  # pylint: disable=g-import-not-at-top
+import attacks  # pylint: disable=g-bad-import-order
+import dataset_input
+import resnet_model
 
 tf1 = tf.compat.v1
 tf1.disable_eager_execution()

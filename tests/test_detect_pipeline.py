@@ -1,13 +1,12 @@
 """The detection pipeline end to end on the bundled digits (issue "detection", SPEC.md 8-10).
 
-One module fixture trains a CE and an RCE ResNet-8 briefly with train.py, attacks each with
+One module fixture takes the session's CE and RCE ResNet-8 (conftest), attacks each with
 fgsm and bim (60 test images, the eps sweep), computes the kernel parameters of both, runs the
 white-box C&W (carliniL2_specific) on both, then `test_adv.py --mode=detect` and t_sne.py.
 The tests check the written files against numbers recomputed here in numpy from the saved
 result files (AUCs with scikit-learn, K-densities, f2 of the white-box attack), and the error
 cases of detect.
 """
-import concurrent.futures
 import csv
 import os
 import shutil
@@ -17,75 +16,18 @@ import pytest
 from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
-from conftest import describe, markdown_table, run_script  # pylint: disable=g-bad-import-order
+from conftest import (AUC_COLUMNS, MODELS, attack_args, describe, is_png,  # pylint: disable=g-bad-import-order
+                      markdown_table, model_flags, run_parallel, run_script)
 import attack_runner  # pylint: disable=g-bad-import-order
 import dataset_input
 import detect_report
 import result_files
 
-TRAIN_STEPS = 200
 N_ATTACK = 60
 N_WB = 20
 EPS_ROUND = 2  # eps 0.04: FGSM/BIM succeed on many, not all, of the 60 images
-MODELS = ('CE', 'RCE')
-PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-AUC_COLUMNS = ['%s %s' % (metric, model) for metric in ('Confidence', 'non-ME', 'K-density')
-               for model in MODELS]
 CW_FLAGS = ['--cw_batch_size=%d' % N_WB, '--cw_max_iterations=100',
             '--cw_binary_search_steps=3', '--cw_learning_rate=0.1', '--cw_initial_const=10']
-
-# ---- shared helpers (test_adv_cli.py uses the trained models too) --------------------------
-
-_MODEL_CACHE = {}
-
-
-def run_parallel(jobs, timeout=600, workers=2):
-  """Runs several scripts (lists of args) at most `workers` at a time; CompletedProcesses."""
-  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    return list(pool.map(lambda args: run_script(args, timeout=timeout), jobs))
-
-
-def train_args(train_file, log_root, rce, steps=TRAIN_STEPS, units=1):
-  return ['train.py', '--train_data_path=%s' % train_file, '--log_root=%s' % log_root,
-          '--train_dir=%s' % os.path.join(str(log_root), 'train'), '--dataset=mnist',
-          '--num_gpus=1', '--num_residual_units=%d' % units, '--mode=train', '--Optimizer=mom',
-          '--total_steps=%d' % steps, '--RCE_train=%s' % rce,
-          '--checkpoint_steps=%d' % steps, '--test_every_steps=0', '--log_steps=100']
-
-
-def shared_models(tmp_path_factory, digits_train):
-  """{'CE': log_root, 'RCE': log_root}: ResNet-8s (num_residual_units=1) trained once per
-  test session with the README's train.py command (both at once)."""
-  if 'models' not in _MODEL_CACHE:
-    root = tmp_path_factory.mktemp('shared_models_mnist')
-    roots = {m: str(root / m) for m in MODELS}
-    procs = run_parallel([train_args(digits_train, roots[m], m == 'RCE') for m in MODELS])
-    for proc in procs:
-      assert proc.returncode == 0, describe(proc)
-    _MODEL_CACHE['models'] = roots
-  return _MODEL_CACHE['models']
-
-
-def model_flags(log_root, rce):
-  return ['--dataset=mnist', '--num_gpus=1', '--num_residual_units=1',
-          '--RCE_train=%s' % rce, '--log_root=%s' % log_root]
-
-
-def attack_args(test_file, log_root, rce, method, results_dir, n=N_ATTACK, extra=()):
-  return (['test_adv.py', '--eval_data_path=%s' % test_file, '--Optimizer=mom',
-           '--mode=attack', '--attack_method=%s' % method, '--eval_batch_count=1',
-           '--attack_batch_size=%d' % n, '--results_dir=%s' % results_dir]
-          + model_flags(log_root, rce) + list(extra))
-
-
-def is_png(path):
-  import matplotlib.image  # pylint: disable=g-import-not-at-top
-  with open(path, 'rb') as f:
-    head = f.read(8)
-  if head != PNG_SIGNATURE:
-    return False
-  pixels = matplotlib.image.imread(path)
-  return pixels.ndim == 3 and pixels.shape[0] > 10 and pixels.shape[1] > 10
 
 
 def log_kd(features, classes, points, point_labels, sigma2):
@@ -102,11 +44,12 @@ def log_kd(features, classes, points, point_labels, sigma2):
 
 
 @pytest.fixture(scope='module')
-def pipeline(tmp_path_factory, digits_train, digits_test):
+def pipeline(tmp_path_factory, shared_models, digits_train, digits_test):
   """Trained models, attack results, kernel parameters, detect and t-SNE outputs."""
-  models = shared_models(tmp_path_factory, digits_train)
+  models = shared_models  # trained once per session (conftest), shared with test_adv_cli
   results = str(tmp_path_factory.mktemp('detect_results'))
-  jobs = [attack_args(digits_test, models[m], m == 'RCE', method, results)
+  jobs = [attack_args(digits_test, models[m], m == 'RCE', method, N_ATTACK,
+                      extra=['--results_dir=%s' % results])
           for method in ('fgsm', 'bim') for m in MODELS]
   jobs += [['test_adv.py', '--train_data_path=%s' % digits_train, '--mode=kernel_para',
             '--results_dir=%s' % results, '--eval_batch_count=15'] + model_flags(models[m],
@@ -126,16 +69,12 @@ def pipeline(tmp_path_factory, digits_train, digits_test):
   os.makedirs(wb_results)
   shutil.copytree(result_files.kernel_dir('mnist', results),
                   result_files.kernel_dir('mnist', wb_results))
-  wb = [attack_args(digits_test, models[m], m == 'RCE', 'carliniL2_specific', wb_results,
-                    n=N_WB, extra=CW_FLAGS) for m in MODELS]
+  wb = [attack_args(digits_test, models[m], m == 'RCE', 'carliniL2_specific', N_WB,
+                    extra=['--results_dir=%s' % wb_results] + CW_FLAGS) for m in MODELS]
   detect_proc, tsne_proc, wb_ce, wb_rce = run_parallel([detect, tsne] + wb)
   return dict(models=models, results=results, detect=detect_proc, tsne=tsne_proc,
               tsne_out=tsne_out, kernel_procs=kernel_procs, wb={'CE': wb_ce, 'RCE': wb_rce},
-              wb_results=wb_results, test_file=digits_test, train_file=digits_train)
-
-
-def _round_data(directory, round_index):
-  return result_files.load_attack_round(directory, round_index)
+              wb_results=wb_results, train_file=digits_train)
 
 
 def test_detect_writes_table2_with_every_auc_cell(pipeline):
@@ -176,8 +115,8 @@ def test_table2_csv_parses_and_matches_sklearn_on_the_files(pipeline):
   checked = 0
   for row, attack in zip(rows, ('fgsm', 'bim')):
     for model in MODELS:
-      data = _round_data(result_files.attack_dir(attack, 'mnist', model == 'RCE',
-                                                 results_dir=results), EPS_ROUND - 1)
+      directory = result_files.attack_dir(attack, 'mnist', model == 'RCE', results_dir=results)
+      data = result_files.load_attack_round(directory, EPS_ROUND - 1)
       keep = ((data['labels_nor'] == data['labels_true'])
               & (data['labels_adv'] != data['labels_true']))
       assert int(row['kept %s' % model]) == int(keep.sum())
@@ -216,8 +155,8 @@ def test_roc_pngs_and_thresholding_numbers(pipeline):
     model = row[1]
     k = result_files.load_kernel_params(result_files.kernel_dir('mnist', results),
                                         model == 'RCE', 'mnist')
-    data = _round_data(result_files.attack_dir('fgsm', 'mnist', model == 'RCE',
-                                               results_dir=results), EPS_ROUND - 1)
+    directory = result_files.attack_dir('fgsm', 'mnist', model == 'RCE', results_dir=results)
+    data = result_files.load_attack_round(directory, EPS_ROUND - 1)
     for side, cells in (('nor', row[2:4]), ('adv', row[4:6])):
       pred = data['labels_' + side]
       score = log_kd(data['logits_' + side], pred, k['points'], k['point_labels'],
@@ -301,7 +240,7 @@ def test_cw_wb_successes_have_f2_nonpositive_and_reach_target(pipeline):
     summary = result_files.load_summary(directory)
     assert summary['num_rounds'] == 1 and summary['eps'] == [None]
     stats = summary['attack_stats']
-    data = _round_data(directory, 0)
+    data = result_files.load_attack_round(directory, 0)
     kernel = result_files.load_kernel_params(
         result_files.kernel_dir('mnist', pipeline['wb_results']), model == 'RCE', 'mnist')
     targets = attack_runner.random_targets(data['labels_true'], 0)

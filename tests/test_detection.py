@@ -4,17 +4,14 @@ import io
 import logging
 import math
 import os
-import sys
 
 import matplotlib.image
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import detection  # pylint: disable=g-import-not-at-top
-
-PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+from conftest import PNG_SIGNATURE  # pylint: disable=g-bad-import-order
+import detection
 
 
 # ---- ROC-AUC ----------------------------------------------------------------------------

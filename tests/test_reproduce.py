@@ -11,19 +11,16 @@ import time
 
 import pytest
 
-from conftest import describe, markdown_table, popen_script, run_script  # pylint: disable=g-bad-import-order
+from conftest import (AUC_COLUMNS, MODELS, PNG_SIGNATURE, describe, markdown_table,  # pylint: disable=g-bad-import-order
+                      popen_script, run_script)
 
 ATTACK_ROWS = ('FGSM', 'BIM', 'ILCM', 'JSMA', 'C&W', 'C&W-hc', 'C&W-wb')
 ATTACKS = ('fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2', 'carliniL2_highcon',
            'carliniL2_specific')
-MODELS = ('CE', 'RCE')
 STAGES = (['data'] + ['%s_%s' % (s, m) for m in MODELS for s in ('train', 'test_nor')]
           + ['attack_%s_%s' % (a, m) for a in ATTACKS[:-1] for m in MODELS]
           + ['kernel_para_%s' % m for m in MODELS]
           + ['attack_carliniL2_specific_%s' % m for m in MODELS] + ['detect', 'tsne_fgsm'])
-AUC_COLUMNS = ['%s %s' % (metric, model) for metric in ('Confidence', 'non-ME', 'K-density')
-               for model in MODELS]
-PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
 def sections(text):
@@ -41,12 +38,10 @@ def section(text, prefix):
 @pytest.fixture(scope='module')
 def first_run(tmp_path_factory):
   out = tmp_path_factory.mktemp('reproduce_tiny')
-  start = time.time()
   proc = run_script(['reproduce.py', '--tiny', '--out_dir=%s' % out], timeout=1500)
-  wall = time.time() - start
   results_md = out / 'RESULTS.md'
   text = results_md.read_text() if results_md.exists() else ''
-  return dict(proc=proc, out=str(out), text=text, wall=wall)
+  return dict(proc=proc, out=str(out), text=text)
 
 
 def _require(run):

@@ -5,14 +5,14 @@ import logging
 import os
 import re
 import signal
-import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import describe, popen_script, run_script  # pylint: disable=g-bad-import-order
+from conftest import describe, popen_script, run_script, train_args  # pylint: disable=g-bad-import-order
 import checkpoints  # pylint: disable=g-bad-import-order
 import dataset_input
 import resnet_model
@@ -154,14 +154,6 @@ def test_optimizers():
 # ---- end to end: the README commands -----------------------------------------------------
 
 
-def train_args(train_file, log_root, total_steps, num_gpus=1, rce=True, extra=()):
-  return ['train.py', '--train_data_path=%s' % train_file, '--log_root=%s' % log_root,
-          '--train_dir=%s' % os.path.join(str(log_root), 'train'), '--dataset=mnist',
-          '--num_gpus=%d' % num_gpus, '--num_residual_units=1', '--mode=train',
-          '--Optimizer=mom', '--total_steps=%d' % total_steps, '--RCE_train=%s' % rce
-          ] + list(extra)
-
-
 def eval_args(test_file, log_root, rce=True):
   return ['test_nor.py', '--eval_data_path=%s' % test_file, '--log_root=%s' % log_root,
           '--eval_dir=%s' % os.path.join(str(log_root), 'eval'), '--dataset=mnist',
@@ -200,9 +192,8 @@ def test_readme_train_command_checkpoints_exactly_at_total_steps(rce_model):
 
 
 def test_progress_log_at_multiples_of_log_steps(rce_model):
-  """BUG (training.LoggingHook.after_run): the first run only starts the clock, so with
-  --log_steps=50 the progress lines come at steps 51, 101, ... instead of 50, 100, ...
-  (the original's LoggingTensorHook logged at multiples of its cadence)."""
+  """Progress lines come at steps 50, 100, ... with --log_steps=50, as the original's
+  LoggingTensorHook logged them (not 51, 101, ...: the first run must not shift them)."""
   _, proc = rce_model
   steps = [int(s) for s in re.findall(r'step (\d+): loss', proc.stderr)]
   assert steps, describe(proc)
@@ -306,11 +297,11 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path, digits_train):
   assert final_step(log_root) == new_total
 
 
-def test_subprocess_helper_sees_this_python(tmp_path):
+def test_subprocess_helper_sees_this_python():
   """The scripts run under the interpreter and PYTHONPATH of the test run."""
   proc = run_script(['-c', 'import sys, os; print(sys.executable); '
                            'print(os.environ.get("PYTHONPATH", ""))'], timeout=60)
   assert proc.returncode == 0
   lines = proc.stdout.splitlines()
-  assert os.path.realpath(lines[0]) == os.path.realpath(subprocess.sys.executable)
+  assert os.path.realpath(lines[0]) == os.path.realpath(sys.executable)
   assert lines[1] == os.environ.get('PYTHONPATH', '')
