@@ -94,13 +94,14 @@ def main(argv=None):
     x = tf1.placeholder(tf.float32, [None, 28, 28, 1])
     eps = tf1.placeholder(tf.float32, [])
     predictions = tf.argmax(logits_fn(x), 1)
-    ops = {
-        'random': attacks.random_noise(x, eps, seed=args.seed),
-        'fgsm': attacks.fgsm(logits_fn, x, eps),
-        'bim': attacks.bim(logits_fn, x, eps, nb_iter=args.nb_iter),
-        'tgsm': attacks.ilcm(logits_fn, x, eps, nb_iter=args.nb_iter),
-        'jsma': attacks.jsma(logits_fn, x, eps, max_iter=args.jsma_max_iter),
+    build = {
+        'random': lambda: attacks.random_noise(x, eps, seed=args.seed),
+        'fgsm': lambda: attacks.fgsm(logits_fn, x, eps),
+        'bim': lambda: attacks.bim(logits_fn, x, eps, nb_iter=args.nb_iter),
+        'tgsm': lambda: attacks.ilcm(logits_fn, x, eps, nb_iter=args.nb_iter),
+        'jsma': lambda: attacks.jsma(logits_fn, x, eps, max_iter=args.jsma_max_iter),
     }
+    ops = {name: op() for name, op in build.items() if name in args.attacks}
     cws = {}
     for name in ('carliniL2', 'carliniL2_highcon'):
       if name in args.attacks:
@@ -108,6 +109,7 @@ def main(argv=None):
             sess, logits_fn, (28, 28, 1), args.cw_batch,
             confidence=attacks.get_attack(name).confidence, max_iterations=args.cw_iterations,
             binary_search_steps=args.cw_search_steps)
+    params = int(sum(np.prod(v.shape) for v in tf1.trainable_variables()))
     sess.run(tf1.global_variables_initializer())
     graph.finalize()
 
@@ -117,7 +119,6 @@ def main(argv=None):
       idx = rng.randint(0, len(train_x), 64)
       sess.run(train_op, {tx: train_x[idx], ty: np.eye(10)[train_y[idx]]})
     train_s = time.time() - start
-    params, _ = resnet_model.count_params_and_flops(hps, (28, 28, 1))
     accuracy = np.mean(sess.run(predictions, {x: pool_x}) == test_y)
     print('ResNet-%d (%d parameters) on [B, 28, 28, 1]; %d RCE training steps (%.1fs), '
           'clean accuracy on %d digits test images %.3f'

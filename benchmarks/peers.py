@@ -65,7 +65,7 @@ success rate or L2). Attacks that stop early (JSMA, the other C&Ws) always run i
       [--peer_time_cap 60] [--cleverhans_cw_as_is]
 
 --log_root is trained first (train.py, a subprocess, on the digits data made with
-dataset_input.py --convert=digits in --data_dir) when it has no checkpoint of at least
+dataset_input.convert_digits in --data_dir) when it has no checkpoint of at least
 --train_steps steps; --rce says the model is (to be) trained with RCE, so that everything
 uses the flipped logits. Setup (a separate virtualenv; the peers are never installed into
 the main interpreter):
@@ -140,11 +140,13 @@ sys.path.insert(0, _HERE)
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+import attack_runner  # pylint: disable=g-import-not-at-top
 import attacks  # pylint: disable=g-import-not-at-top
 import checkpoints  # pylint: disable=g-import-not-at-top
 import dataset_input  # pylint: disable=g-import-not-at-top
 import peers_model  # pylint: disable=g-import-not-at-top
 import resnet_model  # pylint: disable=g-import-not-at-top
+import restored_model  # pylint: disable=g-import-not-at-top
 
 tf1 = tf.compat.v1
 
@@ -213,9 +215,7 @@ def parse_args(argv=None):
 def ensure_data(data_dir):
   test = os.path.join(data_dir, 'data_test.bin')
   if not os.path.exists(test):
-    os.makedirs(data_dir, exist_ok=True)
-    subprocess.check_call([sys.executable, os.path.join(_ROOT, 'dataset_input.py'),
-                           '--convert=digits', '--out_dir=%s' % data_dir], cwd=_ROOT)
+    dataset_input.convert_digits(data_dir)
   return test
 
 
@@ -245,38 +245,35 @@ def ensure_checkpoint(args):
 
 
 class OursGraph(object):
-  """Our model and attacks in one tf.Graph + Session (the checkpoint restored once)."""
+  """Our model (restored_model.RestoredModel) and the requested attacks in its graph."""
 
-  def __init__(self, hps, ckpt, image_shape, args):
+  def __init__(self, hps, log_root, args):
     self.hps, self.args = hps, args
-    self.image_shape = tuple(image_shape)
-    self.graph = tf.Graph()
+    self.model = restored_model.RestoredModel(hps, 'mnist', log_root)
+    self.graph, self.sess, self.step = self.model.graph, self.model.sess, self.model.step
+    self.x, self.logits = self.model.images, self.model.logits
+    self.image_shape = tuple(self.x.shape[1:])
+    self.logits_fn = lambda x: self.model.model_fn(x)[0]
     with self.graph.as_default():
-      self.logits_fn = resnet_model.make_logits_fn(hps)
-      shape = [None] + list(image_shape)
-      self.x = tf1.placeholder(tf.float32, shape, name='x')
       self.target = tf1.placeholder(tf.float32, [None, hps.num_classes], name='target')
       self.label = tf1.placeholder(tf.float32, [None, hps.num_classes], name='label')
-      self.logits = self.logits_fn(self.x)
-      self.sess = tf1.Session(graph=self.graph)
-      self.step = checkpoints.restore(self.sess, ckpt)
-      eps = args.eps
-      self.ops = {
-          'fgsm': attacks.fgsm(self.logits_fn, self.x, eps, y=self.label),
-          'bim': attacks.bim(self.logits_fn, self.x, eps, y=self.label,
-                             nb_iter=args.bim_steps),
-          'ilcm': attacks.ilcm(self.logits_fn, self.x, eps, y_target=self.target,
-                               nb_iter=args.bim_steps),
-          'jsma': attacks.jsma(self.logits_fn, self.x, eps=args.jsma_theta,
-                               y_target=self.target, max_iter=args.jsma_max_pixels),
+      eps, fn, x = args.eps, self.logits_fn, self.x
+      build = {
+          'fgsm': lambda: attacks.fgsm(fn, x, eps, y=self.label),
+          'bim': lambda: attacks.bim(fn, x, eps, y=self.label, nb_iter=args.bim_steps),
+          'ilcm': lambda: attacks.ilcm(fn, x, eps, y_target=self.target,
+                                       nb_iter=args.bim_steps),
+          'jsma': lambda: attacks.jsma(fn, x, eps=args.jsma_theta, y_target=self.target,
+                                       max_iter=args.jsma_max_pixels),
       }
+      self.ops = {name: op() for name, op in build.items() if name in args.attacks}
 
   def predict(self, x):
     return self.sess.run(self.logits, {self.x: x})
 
   def run(self, attack, x, labels, targets):
     feed = {self.x: x}
-    if TARGETED[attack]:
+    if is_targeted(attack, self.args):
       feed[self.target] = onehot(targets)
     else:
       feed[self.label] = onehot(labels)
@@ -294,6 +291,18 @@ class OursGraph(object):
 
 def onehot(labels, k=10):
   return np.eye(k, dtype=np.float32)[np.asarray(labels)]
+
+
+def is_targeted(attack, args):
+  """ILCM and JSMA go for the least-likely class; C&W is targeted unless --cw_untargeted."""
+  return TARGETED.get(attack, not args.cw_untargeted)
+
+
+def iteration_cap(scale):
+  """The iterations a capped call runs: 1 for the warm-up, k for ('iters', k), else None."""
+  if scale == 'warmup':
+    return 1
+  return scale[1] if isinstance(scale, tuple) else None
 
 
 # ---------------------------------------------------------------------------- peer imports
@@ -485,7 +494,7 @@ def runner(ctx, lib, attack):
     clf = ctx.art_classifier()
 
     def make_art(scale, n):
-      k = {'warmup': 1}.get(scale, scale[1] if isinstance(scale, tuple) else None)
+      k = iteration_cap(scale)
       if attack == 'fgsm':
         return ev.FastGradientMethod(clf, norm=np.inf, eps=eps, targeted=False,
                                      num_random_init=0, batch_size=n)
@@ -505,7 +514,7 @@ def runner(ctx, lib, attack):
       raise ValueError(attack)
 
     def run_art(x, labels, targets, scale):
-      y = targets if (TARGETED.get(attack) or (attack == 'cw' and cw_targeted)) else labels
+      y = targets if is_targeted(attack, a) else labels
       with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         return make_art(scale, len(x)).generate(x, y=onehot(y))
@@ -518,7 +527,7 @@ def runner(ctx, lib, attack):
     fmodel = ctx.fmodel()
 
     def make_fb(scale):
-      k = {'warmup': 1}.get(scale, scale[1] if isinstance(scale, tuple) else None)
+      k = iteration_cap(scale)
       if attack == 'fgsm':
         return fb.attacks.LinfFastGradientAttack(random_start=False)
       if attack in ('bim', 'ilcm'):
@@ -533,8 +542,7 @@ def runner(ctx, lib, attack):
 
     def run_fb(x, labels, targets, scale):
       xt = tf.constant(x)
-      targeted = TARGETED.get(attack) or (attack == 'cw' and cw_targeted)
-      if targeted:
+      if is_targeted(attack, a):
         criterion = fb.criteria.TargetedMisclassification(tf.constant(targets, tf.int64))
       else:
         criterion = fb.criteria.Misclassification(tf.constant(labels, tf.int64))
@@ -563,7 +571,7 @@ def runner(ctx, lib, attack):
       def run_ch_cw(x, labels, targets, scale):
         # One instance per batch: its `gradient` is a tf.function method, traced per instance
         # (at the warm-up); the iteration counts are plain attributes its Python loop reads.
-        k = {'warmup': 1}.get(scale, scale[1] if isinstance(scale, tuple) else None)
+        k = iteration_cap(scale)
         y = onehot(targets if cw_targeted else labels)
         if len(x) not in instances:
           instances[len(x)] = ch['cw'].CarliniWagnerL2(
@@ -585,7 +593,7 @@ def runner(ctx, lib, attack):
       if attack == 'fgsm':
         return ch['fgm'](model, xt, eps, np.inf, clip_min=CLIP_MIN, clip_max=CLIP_MAX,
                          y=tf.constant(labels, tf.int64), targeted=False).numpy()
-      k = 1 if scale == 'warmup' else (scale[1] if isinstance(scale, tuple) else steps)
+      k = iteration_cap(scale) or steps
       y = tf.constant(targets if attack == 'ilcm' else labels, tf.int64)
       return ch['pgd'](model, xt, eps, step, k, np.inf, clip_min=CLIP_MIN,
                        clip_max=CLIP_MAX, y=y, targeted=attack == 'ilcm', rand_init=False,
@@ -614,11 +622,9 @@ def full_iterations(args, attack):
   return 1
 
 
-def evaluate(ctx, attack, x, adv, true, targets, targeted):
-  """(success rate, mean L2 of successes, max L-inf) on the initially correct images."""
-  preds_clean = np.argmax(ctx.model(x).numpy(), 1)
+def evaluate(ctx, x, adv, true, correct, targets, targeted):
+  """(success rate, mean L2 of successes, max L-inf) on the initially `correct` images."""
   preds = np.argmax(ctx.model(adv).numpy(), 1)
-  correct = preds_clean == true
   hit = (preds == targets) if targeted else (preds != true)
   hit = hit & correct
   l2 = np.sqrt(np.sum(np.square(adv - x).reshape(len(x), -1), 1))
@@ -650,7 +656,7 @@ def measure_attack(ctx, attack, libs, x, true, labels, targets, log):
   one whose calls take under SHORT_CALL_S gets 4x as many rounds.
   """
   args = ctx.args
-  targeted = TARGETED.get(attack, not args.cw_untargeted)
+  targeted = is_targeted(attack, args)
   n = len(x)
   results, state = {}, {}
   for lib in libs:
@@ -697,6 +703,7 @@ def measure_attack(ctx, attack, libs, x, true, labels, targets, log):
       st['wall'] = wall if st['wall'] is None else min(st['wall'], wall)
       st['cpu'] = cpu if st['cpu'] is None else min(st['cpu'], cpu)
       st['done'] = wall >= 10.0
+  correct = np.argmax(ctx.model(x).numpy(), 1) == true  # of the clean images
   for lib in order:
     if lib in results:
       continue
@@ -706,7 +713,7 @@ def measure_attack(ctx, attack, libs, x, true, labels, targets, log):
     if st['scale'] != 'full':
       results[lib] = Result(lib, attack, 'extrapolated', ms=ms, cpu_ms=cpu_ms, note=st['note'])
       continue
-    rate, l2, linf = evaluate(ctx, attack, x, st['adv'], true, targets, targeted)
+    rate, l2, linf = evaluate(ctx, x, st['adv'], true, correct, targets, targeted)
     results[lib] = Result(lib, attack, ms=ms, cpu_ms=cpu_ms, success=rate, l2=l2, linf=linf,
                           note=st['note'])
   out = [results[lib] for lib in libs]
@@ -798,7 +805,7 @@ def main(argv=None):
   image_shape = x.shape[1:]
 
   # 1. The eager model and ours, on the same images.
-  ours = OursGraph(hps, ckpt, image_shape, args)
+  ours = OursGraph(hps, args.log_root, args)
   model = peers_model.EagerResNet.from_checkpoint(ckpt, hps, image_shape)
   logits_ours = ours.predict(x)
   logits_eager = model(x).numpy()
@@ -811,8 +818,7 @@ def main(argv=None):
   if diff > 1e-4:
     raise SystemExit('the eager model does not reproduce ours: not benchmarking')
   least_likely = np.argmin(logits_ours, 1)
-  rng = np.random.RandomState(args.seed)
-  cw_targets = (true + rng.randint(1, 10, size=n)) % 10  # random class != true label
+  cw_targets = attack_runner.random_targets(true, args.seed)  # random class != true label
 
   peers, unavailable, versions = {}, {}, []
   for lib in args.libraries:

@@ -316,6 +316,16 @@ def numpy_sgemm(n, runs):
   return statistics.median(rates), blas
 
 
+# Same-math tolerances: logits and loss (absolute), weights and BN moving averages after one
+# step (absolute), first gradients (relative to each tensor's largest entry; see main).
+FWD_TOL, STATE_TOL, GRAD_REL_TOL = 1e-4, 1e-3, 5e-2
+
+
+def max_rel_diff(a, ref):
+  """max |a - ref| relative to the largest |ref| entry."""
+  return float(np.max(np.abs(a - ref)) / max(np.max(np.abs(ref)), 1e-12))
+
+
 def keras_same_math(model, pairs, our_values, images_np, labels_np, ref):
   """Loads our (pre-step) weights into the Keras model and compares it with ours.
 
@@ -341,7 +351,7 @@ def keras_same_math(model, pairs, our_values, images_np, labels_np, ref):
   loss = float(ce) + float(sum(float(l) for l in model.losses))
   d_logits = float(np.max(np.abs(keras.ops.convert_to_numpy(logits) - ref['logits'])))
   d_loss = abs(loss - float(ref['loss']))
-  ok_fwd = d_logits <= 1e-4 and d_loss <= 1e-4
+  ok_fwd = d_logits <= FWD_TOL and d_loss <= FWD_TOL
   print('same-math check Keras (%d variables loaded from ours, train-mode forward): loss '
         '(CE + model.losses) keras %.6f ours %.6f |diff| %.3g; logits max|diff| %.3g -> %s'
         % (len(pairs), loss, ref['loss'], d_loss, d_logits, 'OK' if ok_fwd else 'MISMATCH'))
@@ -354,9 +364,9 @@ def keras_same_math(model, pairs, our_values, images_np, labels_np, ref):
     if var.trainable:
       # Keras' first momentum buffer is -lr * g, ours (MomentumOptimizer's slot) is g.
       grad = -keras.ops.convert_to_numpy(keras_resnet.momentum_slot(model, var)) / ref['lr']
-      ours = ref['after'][name + '/Momentum']
-      d_grad = max(d_grad, float(np.max(np.abs(grad - ours)) / max(np.max(np.abs(ours)), 1e-12)))
-  ok_step = d_state <= 1e-3 and d_grad <= 5e-2 and abs(step_loss - float(ref['loss'])) <= 1e-4
+      d_grad = max(d_grad, max_rel_diff(grad, ref['after'][name + '/Momentum']))
+  ok_step = (d_state <= STATE_TOL and d_grad <= GRAD_REL_TOL
+             and abs(step_loss - float(ref['loss'])) <= FWD_TOL)
   print('same-math check Keras (one train_on_batch step, loss %.6f): weights + BN moving '
         'averages max|diff| vs ours %.3g (tol 1e-3); gradients (-momentum / lr) max relative '
         'diff %.3g (tol 5e-2) -> %s'
@@ -423,7 +433,7 @@ def main():
   loss_b, logits_b = sess_orig.run([orig['loss'], orig['logits']])
   d_logits = float(np.max(np.abs(logits_a - logits_b)))
   d_loss = abs(float(loss_a) - float(loss_b))
-  ok_fwd = d_logits <= 1e-4 and d_loss <= 1e-4
+  ok_fwd = d_logits <= FWD_TOL and d_loss <= FWD_TOL
   print('same-math check (%d variables copied, train-mode forward, same batch): '
         'loss ours %.6f original %.6f |diff| %.3g; logits max|diff| %.3g -> %s'
         % (n_copied, loss_a, loss_b, d_loss, d_logits, 'OK' if ok_fwd else 'MISMATCH'))
@@ -439,10 +449,10 @@ def main():
   d_state = d_grad = 0.0
   for name, a, b in zip(names, after_a, after_b):
     if name.endswith('/Momentum'):
-      d_grad = max(d_grad, float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)))
+      d_grad = max(d_grad, max_rel_diff(a, b))
     else:
       d_state = max(d_state, float(np.max(np.abs(a - b))))
-  ok_step = d_state <= 1e-3 and d_grad <= 5e-2
+  ok_step = d_state <= STATE_TOL and d_grad <= GRAD_REL_TOL
   print('same-math check (one training step): weights + BN moving averages max|diff| %.3g '
         '(tol 1e-3); gradients (momentum slots) max relative diff %.3g (tol 5e-2) -> %s'
         % (d_state, d_grad, 'OK' if ok_step else 'MISMATCH'))
