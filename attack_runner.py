@@ -202,8 +202,9 @@ def collect(model, images, labels, adv_rounds, eps_list):
       adv_parts[name].append(value)
     stats = round_stats(labels, pred_nor, pred_adv, conf_adv, nonme_adv, l2, eps)
     per_round.append(stats)
-    logging.info('eps %.3f: precision nor %.4f adv %.4f, mean confidence %.4f, mean non-ME '
-                 '%.4f, mean L2 %.4f', eps, stats['precision_nor'], stats['precision_adv'],
+    logging.info('%s: precision nor %.4f adv %.4f, mean confidence %.4f, mean non-ME '
+                 '%.4f, mean L2 %.4f', 'one run' if eps is None else 'eps %.3f' % eps,
+                 stats['precision_nor'], stats['precision_adv'],
                  stats['mean_confidence_adv'], stats['mean_non_me_adv'], stats['mean_l2'])
   arrays.update({k: np.concatenate(v) for k, v in adv_parts.items()})
   return arrays, per_round

@@ -5,9 +5,14 @@ paper's README commands run as written. Each script calls the groups it needs be
 `app.run`; every group is defined at most once per process, so tests may import several
 scripts. Scripts turn flags into an immutable HParams with `hparams_from_flags` and pass
 that on: no other module reads FLAGS.
+
+Command lines are strict: an unknown or misspelled flag, a bad choice or an out-of-range value
+ends the script with one 'error: ...' line before any data is read or graph built (absl's own
+parse, which suggests the flag meant; bounds and validators are declared with the flags).
 """
 import sys
 
+from absl import app
 from absl import logging
 import tensorflow as tf
 
@@ -40,9 +45,10 @@ def define_base_flags():
                       'attack | kernel_para | detect (test_adv.py).')
   flags.DEFINE_string('log_root', '', 'Directory of the checkpoints.')
   flags.DEFINE_integer('num_gpus', 0, 'GPUs (towers) to use; 0 is the CPU. With fewer GPUs '
-                       'than asked for, the towers run on as many virtual CPU devices.')
+                       'than asked for, the towers run on as many virtual CPU devices.',
+                       lower_bound=0)
   flags.DEFINE_integer('num_residual_units', 5, 'Residual units per stage: 5 is ResNet-32, '
-                       '9 is ResNet-56.')
+                       '9 is ResNet-56.', lower_bound=1)
   flags.DEFINE_bool('use_bottleneck', False, 'Bottleneck residual units.')
   flags.DEFINE_enum('Optimizer', 'mom', ['sgd', 'mom', 'adam', 'rmsprop'], 'Optimizer.')
   flags.DEFINE_bool('RCE_train', False, 'Train with / evaluate as Reverse Cross-Entropy.')
@@ -51,31 +57,78 @@ def define_base_flags():
   flags.DEFINE_string('eval_data_path', '', 'Glob pattern(s) of the test files (train.py: '
                       'for the periodic test precision; default the test file beside the '
                       'training files, if present).')
-  flags.DEFINE_integer('seed', 0, 'Random seed (graph, shuffling, kernel points, targets).')
+  flags.DEFINE_integer('seed', 0, 'Random seed (graph, shuffling, kernel points, targets).',
+                       lower_bound=0)
 
 
 @_once('train')
 def define_train_flags():
   """train.py."""
+  define_base_flags()
   flags.DEFINE_string('train_dir', '', 'TensorBoard summaries of training.')
-  flags.DEFINE_integer('total_steps', 20000, 'Training stops exactly at this global step.')
-  flags.DEFINE_integer('batch_size', 128, 'Global batch, split evenly over the towers.')
-  flags.DEFINE_integer('checkpoint_steps', 2500, 'Checkpoint every this many steps.')
-  flags.DEFINE_integer('summary_steps', 100, 'Summaries every this many steps.')
-  flags.DEFINE_integer('log_steps', 100, 'Log loss, precision and steps/s every this many.')
+  flags.DEFINE_integer('total_steps', 20000, 'Training stops exactly at this global step.',
+                       lower_bound=1)
+  flags.DEFINE_integer('batch_size', 128, 'Global batch, split evenly over the towers.',
+                       lower_bound=1)
+  flags.DEFINE_integer('checkpoint_steps', 2500, 'Checkpoint every this many steps.',
+                       lower_bound=1)
+  flags.DEFINE_integer('summary_steps', 100, 'Summaries every this many steps.',
+                       lower_bound=1)
+  flags.DEFINE_integer('log_steps', 100, 'Log loss, precision and steps/s every this many.',
+                       lower_bound=1)
   flags.DEFINE_integer('test_every_steps', 2500, 'Test precision every this many steps '
-                       '(0: never).')
-  flags.DEFINE_integer('test_batches', 10, 'Batches of 100 test images per test precision.')
+                       '(0: never).', lower_bound=0)
+  flags.DEFINE_integer('test_batches', 10, 'Batches of 100 test images per test precision.',
+                       lower_bound=1)
+  flags.register_multi_flags_validator(
+      ['batch_size', 'num_gpus'], lambda f: f['batch_size'] % max(f['num_gpus'], 1) == 0,
+      message='--batch_size must divide evenly over the --num_gpus towers')
+  flags.DEFINE_list('lr_boundaries', None, 'Steps at which the learning rate changes, '
+                    'increasing (default: the data set\'s, the paper\'s schedule).')
+  flags.DEFINE_list('lr_values', None, 'Learning rates, one more than --lr_boundaries '
+                    '(default: the data set\'s).')
+  flags.register_multi_flags_validator(['lr_boundaries', 'lr_values'], _check_schedule)
+
+
+def _check_schedule(f):
+  """Validator of --lr_boundaries / --lr_values: both or neither, consistent, increasing."""
+  boundaries, values = f['lr_boundaries'], f['lr_values']
+  if boundaries is None and values is None:
+    return True
+  if boundaries is None or values is None:
+    raise flags.ValidationError('--lr_boundaries and --lr_values go together')
+  try:
+    steps, rates = [int(b) for b in boundaries], [float(v) for v in values]
+  except ValueError as e:
+    raise flags.ValidationError('--lr_boundaries are steps, --lr_values numbers (%s)' % e)
+  if len(rates) != len(steps) + 1:
+    raise flags.ValidationError('--lr_values needs one more value (%d) than --lr_boundaries '
+                                'has steps (%d)' % (len(rates), len(steps)))
+  if any(b <= a for a, b in zip([0] + steps, steps)):
+    raise flags.ValidationError('--lr_boundaries must be positive and increasing, got %s'
+                                % ','.join(boundaries))
+  if not all(0 < r < float('inf') for r in rates):
+    raise flags.ValidationError('--lr_values must be positive and finite, got %s'
+                                % ','.join(values))
+  return True
+
+
+def lr_schedule_from_flags():
+  """(boundaries, values) of --lr_boundaries / --lr_values, or None for the data set's."""
+  if FLAGS.lr_boundaries is None:
+    return None
+  return [int(b) for b in FLAGS.lr_boundaries], [float(v) for v in FLAGS.lr_values]
 
 
 @_once('eval')
 def define_eval_flags():
   """test_nor.py (and the batch counts of test_adv.py)."""
   flags.DEFINE_string('eval_dir', '', 'TensorBoard summaries of evaluation.')
-  flags.DEFINE_integer('eval_batch_count', 50, 'Number of eval batches.')
-  flags.DEFINE_integer('eval_batch_size', 100, 'Images per eval batch.')
+  flags.DEFINE_integer('eval_batch_count', 50, 'Number of eval batches.', lower_bound=1)
+  flags.DEFINE_integer('eval_batch_size', 100, 'Images per eval batch.', lower_bound=1)
   flags.DEFINE_bool('eval_once', False, 'Evaluate the latest checkpoint once and exit.')
-  flags.DEFINE_integer('eval_interval_secs', 60, 'Seconds between checkpoint polls.')
+  flags.DEFINE_integer('eval_interval_secs', 60, 'Seconds between checkpoint polls.',
+                       lower_bound=1)
 
 
 @_once('attack')
@@ -83,25 +136,39 @@ def define_attack_flags():
   """test_adv.py: attacks, kernel parameters and detection."""
   import attacks  # only test_adv.py needs the registry
   flags.DEFINE_enum('attack_method', 'fgsm', list(attacks.ATTACK_NAMES), 'The attack.')
-  flags.DEFINE_float('eps', 0.0, 'A single eps for the eps attacks; 0 sweeps 0.02..0.20.')
+  flags.DEFINE_float('eps', 0.0, 'A single eps for the eps attacks, in (0, 1]; 0 sweeps '
+                     '0.02..0.20.')
+  flags.register_validator('eps', lambda v: v == 0 or 0 < v <= 1,
+                           message='--eps must be in (0, 1], or 0 for the sweep 0.02..0.20')
   flags.DEFINE_string('save_pwd', '', 'Where attack results go; default '
                       '{results_dir}/{attack}_{dataset}/{RCE|CE}.')
   flags.DEFINE_string('results_dir', '.', 'Folder of kernel_para_{dataset}/ and the attack '
                       'results (default layout).')
-  flags.DEFINE_integer('attack_batch_size', 200, 'Images per attack batch (eps attacks).')
-  flags.DEFINE_integer('bim_nb_iter', 10, 'Steps of BIM and ILCM (each eps/steps).')
-  flags.DEFINE_integer('jsma_max_iter', 100, 'Most pixels JSMA changes per image.')
-  flags.DEFINE_integer('cw_batch_size', 100, 'Images per C&W batch.')
+  flags.DEFINE_integer('attack_batch_size', 200, 'Images per attack batch (eps attacks).',
+                       lower_bound=1)
+  flags.DEFINE_integer('bim_nb_iter', 10, 'Steps of BIM and ILCM (each eps/steps).',
+                       lower_bound=1)
+  flags.DEFINE_integer('jsma_max_iter', 100, 'Most pixels JSMA changes per image.',
+                       lower_bound=1)
+  flags.DEFINE_integer('cw_batch_size', 100, 'Images per C&W batch.', lower_bound=1)
   flags.DEFINE_integer('cw_max_iterations', 10000, 'Adam iterations per C&W binary-search '
-                       'step (abort early when the loss stalls).')
-  flags.DEFINE_integer('cw_binary_search_steps', 9, 'Binary-search steps over c.')
+                       'step (abort early when the loss stalls).', lower_bound=1)
+  flags.DEFINE_integer('cw_binary_search_steps', 9, 'Binary-search steps over c.',
+                       lower_bound=1)
   flags.DEFINE_float('cw_learning_rate', 0.01, 'C&W Adam learning rate.')
   flags.DEFINE_float('cw_initial_const', 1.0, 'Initial c of C&W.')
-  flags.DEFINE_integer('kernel_per_class', 1000, 'Kernel points per class (kernel_para).')
+  for name in ('cw_learning_rate', 'cw_initial_const'):
+    flags.register_validator(name, lambda v: v > 0, message='--%s must be > 0' % name)
+  flags.DEFINE_integer('kernel_per_class', 1000, 'Kernel points per class (kernel_para).',
+                       lower_bound=1)
   flags.DEFINE_integer('kernel_subset', 100, 'Kernel points per class of the white-box '
-                       'attack (kernel_para).')
+                       'attack (kernel_para).', lower_bound=1)
+  flags.register_multi_flags_validator(
+      ['kernel_per_class', 'kernel_subset'],
+      lambda f: f['kernel_subset'] <= f['kernel_per_class'],
+      message='--kernel_subset cannot exceed --kernel_per_class (it is drawn from them)')
   flags.DEFINE_integer('eps_round', 8, 'eps round of the swept attacks that detect reports '
-                       '(1-based: 8 is eps 0.16).')
+                       '(1-based: 8 is eps 0.16).', lower_bound=1)
 
 
 def hparams_from_flags(batch_size=128):
@@ -119,21 +186,52 @@ def check_mode(allowed, script):
                      % (script, FLAGS.mode, ', '.join(allowed)))
 
 
-def run_script(define_flags, body):
-  """The entry point of every script: flags, graph mode, logging, then `body()`.
+def require_flags(script, *names):
+  """ValueError naming the first of the string flags `names` that was left empty."""
+  for name in names:
+    if not FLAGS[name].value:
+      raise ValueError('%s needs --%s (%s)' % (script, name, FLAGS[name].help))
 
-  Bad input (ValueError and its subclasses DataError / ResultsError, CheckpointError) ends
+
+def os_error_text(e):
+  """One line for an OSError: what failed, on which path."""
+  paths = ' -> '.join(repr(p) for p in (e.filename, e.filename2) if p is not None)
+  return '%s: %s' % (e.strerror or e, paths) if paths else str(e)
+
+
+def _parse_strictly(argv):
+  """absl's parse, with every flag known: unknown flags, bad values and stray words are errors."""
+  try:
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    sys.exit('error: %s' % e)
+  if len(rest) > 1:
+    sys.exit('error: unexpected argument(s) %s (every option is a --flag=value)'
+             % ' '.join(repr(a) for a in rest[1:]))
+  return rest
+
+
+def run_strict(body):
+  """Parses the command line strictly, then runs `body()`; bad input ends in one line.
+
+  ValueError (and its subclasses DataError / ResultsError), CheckpointError and OSError end
   the script with 'error: ...' on stderr and exit status 1, not a traceback.
   """
-  define_flags()
-  tf.compat.v1.disable_eager_execution()
-  logging.set_verbosity(logging.INFO)
-
   def main(argv):
     del argv
     try:
       body()
     except (ValueError, checkpoints.CheckpointError) as e:
       sys.exit('error: %s' % e)
+    except OSError as e:
+      sys.exit('error: %s' % os_error_text(e))
 
-  tf.compat.v1.app.run(main)
+  app.run(main, flags_parser=_parse_strictly)
+
+
+def run_script(define_flags, body):
+  """The entry point of every TensorFlow script: flags, graph mode, logging, then `body()`."""
+  define_flags()
+  tf.compat.v1.disable_eager_execution()
+  logging.set_verbosity(logging.INFO)
+  run_strict(body)

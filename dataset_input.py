@@ -15,6 +15,7 @@ import gzip
 import os
 import struct
 import sys
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -73,15 +74,36 @@ def _expand(pattern):
   return files
 
 
+def _os_reason(e):
+  """One line for an OSError or a decompression error: its reason, without the path."""
+  text = getattr(e, 'strerror', None) or str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
 def _read_records(path, spec):
-  """Reads one file as a [num_records, record_values] array, checking its size."""
-  size = os.path.getsize(path)
+  """Reads one file as a [num_records, record_values] array, checking its size.
+
+  Raises:
+    DataError: `path` is a directory, cannot be read, or its size is not a whole number of
+      records.
+  """
+  if os.path.isdir(path):
+    raise DataError('%s is a directory, not a data file' % path)
   rb = record_bytes(spec)
-  if size == 0 or size % rb:
-    raise DataError(
-        '%s: size %d bytes is not a whole number of %s records (%d bytes each); '
-        'is it a %s file?' % (path, size, spec.name, rb, spec.name))
-  return np.fromfile(path, dtype=spec.record_dtype).reshape(-1, spec.record_values)
+  try:
+    size = os.path.getsize(path)
+    if size == 0 or size % rb:
+      raise DataError(
+          '%s: size %d bytes is not a whole number of %s records (%d bytes each); '
+          'is it a %s file?' % (path, size, spec.name, rb, spec.name))
+    with open(path, 'rb') as f:
+      records = np.fromfile(f, dtype=spec.record_dtype)
+  except OSError as e:
+    raise DataError('%s: cannot read the file (%s)' % (path, _os_reason(e))) from e
+  if records.size * spec.record_dtype.itemsize != size:
+    raise DataError('%s: read %d bytes, expected %d (did the file change while being read?)'
+                    % (path, records.size * spec.record_dtype.itemsize, size))
+  return records.reshape(-1, spec.record_values)
 
 
 def _check_records(path, spec, records):
@@ -129,15 +151,15 @@ def _records_to_images(spec, pixels):
   return x / spec.pixel_scale - 0.5
 
 
-def load_arrays(dataset, pattern, max_examples=None):
-  """Validates and loads files in their fixed order.
+def load_arrays(dataset, pattern, max_examples=None, files=None):
+  """Validates and loads files in their fixed order (`files`: an already validated list).
 
   Returns:
     images: float32 [N, H, W, C] in [-0.5, 0.5]; labels: int64 [N] in 0..9.
   """
   spec = get_spec(dataset)
   images, labels = [], []
-  for path in validate_files(dataset, pattern):
+  for path in files or validate_files(dataset, pattern):
     records = _read_records(path, spec)
     images.append(_records_to_images(spec, records[:, 1:]))
     labels.append(records[:, 0].astype(np.int64))
@@ -234,27 +256,80 @@ def write_mnist_records(path, images, labels):
   io_utils.atomic_write_bytes(path, records.astype('<f4').tobytes())
 
 
-def _open_maybe_gz(path):
-  return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
+_GZIP_MAGIC = b'\x1f\x8b'
+
+
+def _read_idx_bytes(path):
+  """All bytes of the file `path`, decompressed when its name ends in .gz.
+
+  Raises:
+    DataError: `path` is a directory, cannot be opened or read, or (.gz) is not a valid,
+      complete gzip file.
+  """
+  if os.path.isdir(path):
+    raise DataError('%s is a directory, not an IDX file' % path)
+  try:
+    with open(path, 'rb') as raw:
+      if not path.endswith('.gz'):
+        return raw.read()
+      try:
+        with gzip.GzipFile(fileobj=raw, mode='rb') as f:
+          return f.read()
+      except (EOFError, zlib.error, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+          raise  # a real I/O error on the file, not a format problem
+        reason = ('truncated: the compressed data ends early' if isinstance(e, EOFError)
+                  else _os_reason(e))
+        raise DataError('%s: not a valid gzip file (%s)' % (path, reason)) from e
+  except OSError as e:
+    raise DataError('%s: cannot read the file (%s)' % (path, _os_reason(e))) from e
+
+
+def _shape_text(shape):
+  return ' x '.join(str(d) for d in shape) if shape else 'a single value'
 
 
 def read_idx(path):
-  """Reads an IDX file (optionally gzipped) into a uint8 array of its declared shape."""
-  with _open_maybe_gz(path) as f:
-    data = f.read()
+  """Reads an IDX file (optionally gzipped) into a uint8 array of its declared shape.
+
+  Raises:
+    DataError: the file cannot be read, is not valid gzip (.gz names), has a header that is
+      cut short or is not an unsigned-byte IDX header, or holds a number of values that does
+      not match its header.
+  """
+  data = _read_idx_bytes(path)
   if len(data) < 4:
-    raise DataError('%s: too short to be an IDX file' % path)
+    raise DataError('%s: too short to be an IDX file (%d bytes; the header needs at least 4)'
+                    % (path, len(data)))
   zero, dtype_code, ndim = struct.unpack('>HBB', data[:4])
   if zero != 0 or dtype_code != 0x08:
-    raise DataError('%s: not an unsigned-byte IDX file (magic %r)' % (path, data[:4]))
-  dims = struct.unpack('>' + 'I' * ndim, data[4:4 + 4 * ndim])
-  body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-  if body.size != int(np.prod(dims)):
-    raise DataError('%s: holds %d values, its header declares %s' % (path, body.size, dims))
-  return body.reshape(dims)
+    hint = ''
+    if data[:2] == _GZIP_MAGIC and not path.endswith('.gz'):
+      hint = '; it looks gzipped: name it %s.gz' % os.path.basename(path)
+    raise DataError('%s: not an unsigned-byte IDX file (magic %r%s)' % (path, data[:4], hint))
+  header = 4 + 4 * ndim
+  if len(data) < header:
+    raise DataError('%s: IDX header cut short: %d dimensions need %d header bytes, the file '
+                    'has %d' % (path, ndim, header, len(data)))
+  dims = struct.unpack('>%dI' % ndim, data[4:header])
+  declared = 1
+  for d in dims:
+    declared *= d
+  if len(data) - header != declared:
+    raise DataError('%s: holds %d values, its header declares %s (%d values)'
+                    % (path, len(data) - header, _shape_text(dims), declared))
+  return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
 def _find_idx(idx_dir, prefix, kind):
+  """The path of `prefix`-`kind` (or `prefix`.`kind`), plain or .gz, in `idx_dir`.
+
+  Raises:
+    DataError: `idx_dir` is not a directory, or holds no such file.
+  """
+  if not os.path.isdir(idx_dir):
+    raise DataError('%s: %s' % (idx_dir, 'not a directory' if os.path.exists(idx_dir)
+                                else 'no such directory (the MNIST IDX folder)'))
   for suffix in ('', '.gz'):
     for sep in ('-', '.'):
       path = os.path.join(idx_dir, '%s%s%s%s' % (prefix, sep, kind, suffix))
@@ -263,14 +338,56 @@ def _find_idx(idx_dir, prefix, kind):
   raise DataError('no %s-%s[.gz] file in %s' % (prefix, kind, idx_dir))
 
 
+def _checked_idx_split(images_path, labels_path):
+  """Reads and checks one split's IDX pair; returns (images [N, 28, 28], labels [N]) uint8.
+
+  Raises:
+    DataError: either file is unreadable or malformed (see read_idx), the images are not
+      N x 28 x 28 with N > 0, the labels are not 1-D, the counts differ, or a label is
+      outside 0..9.
+  """
+  images = read_idx(images_path)
+  labels = read_idx(labels_path)
+  if images.ndim != 3 or images.shape[1:] != (28, 28):
+    raise DataError('%s: images are %s, expected N x 28 x 28'
+                    % (images_path, _shape_text(images.shape)))
+  if images.shape[0] == 0:
+    raise DataError('%s: holds no images' % images_path)
+  if labels.ndim != 1:
+    raise DataError('%s: labels are %s, expected 1-D (one label per image)'
+                    % (labels_path, _shape_text(labels.shape)))
+  if labels.shape[0] != images.shape[0]:
+    raise DataError('%s holds %d images but %s holds %d labels'
+                    % (images_path, images.shape[0], labels_path, labels.shape[0]))
+  bad = np.flatnonzero(labels >= NUM_CLASSES)  # uint8: never negative
+  if bad.size:
+    raise DataError('%s: label %d is %d, outside 0..9 (%d bad labels)'
+                    % (labels_path, bad[0], labels[bad[0]], bad.size))
+  return images, labels
+
+
 def convert_mnist_idx(idx_dir, out_dir):
-  """Standard MNIST IDX files in `idx_dir` -> data_train.bin / data_test.bin in `out_dir`."""
+  """Standard MNIST IDX files in `idx_dir` -> data_train.bin / data_test.bin in `out_dir`.
+
+  All four files (train-images, train-labels, t10k-images, t10k-labels; each plain or .gz)
+  are found, read and checked before anything is written: on bad input neither output file
+  is written and `out_dir` is not created. Each output file is written atomically.
+
+  Raises:
+    DataError: a missing, unreadable or malformed input file (the message names it), or an
+      `out_dir` that exists but is not a directory.
+  """
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise DataError('%s: exists and is not a directory (the output folder)' % out_dir)
+  # Every file is located first (a missing one is reported before any reading), then all
+  # are read and checked, and only then is anything written.
+  splits = [(out_name, _find_idx(idx_dir, prefix + '-images', 'idx3-ubyte'),
+             _find_idx(idx_dir, prefix + '-labels', 'idx1-ubyte'))
+            for prefix, out_name in (('train', 'data_train.bin'), ('t10k', 'data_test.bin'))]
+  arrays = [(out_name, _checked_idx_split(images_path, labels_path))
+            for out_name, images_path, labels_path in splits]
   io_utils.makedirs(out_dir)
-  for prefix, out_name in (('train', 'data_train.bin'), ('t10k', 'data_test.bin')):
-    images = read_idx(_find_idx(idx_dir, prefix + '-images', 'idx3-ubyte'))
-    labels = read_idx(_find_idx(idx_dir, prefix + '-labels', 'idx1-ubyte'))
-    if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
-      raise DataError('%s: %s images vs %s labels' % (idx_dir, images.shape, labels.shape))
+  for out_name, (images, labels) in arrays:
     write_mnist_records(os.path.join(out_dir, out_name), images / 255.0, labels)
 
 
@@ -312,16 +429,15 @@ def main(argv):
     convert_digits(flags.out_dir)
   for name in ('data_train.bin', 'data_test.bin'):
     path = os.path.join(flags.out_dir, name)
-    print('wrote %s (%d records)' % (path, os.path.getsize(path) // record_bytes(DATASETS['mnist'])))
+    print('wrote %s (%d records)'
+          % (path, os.path.getsize(path) // record_bytes(DATASETS['mnist'])))
 
 
 if __name__ == '__main__':
-  _flags = tf.compat.v1.app.flags
+  import common_flags  # pylint: disable=g-import-not-at-top (it imports this module)
+  _flags = common_flags.flags
   _flags.DEFINE_enum('convert', None, ['mnist_idx', 'digits'], 'Which converter to run.')
   _flags.DEFINE_string('idx_dir', '', 'Folder with the MNIST IDX files (for mnist_idx).')
   _flags.DEFINE_string('out_dir', None, 'Where data_train.bin and data_test.bin are written.')
   _flags.mark_flags_as_required(['convert', 'out_dir'])
-  try:
-    tf.compat.v1.app.run(main)
-  except DataError as e:
-    sys.exit('error: %s' % e)
+  common_flags.run_strict(lambda: main(None))

@@ -22,17 +22,36 @@ def script_env():
   return env
 
 
-def run_script(args, timeout=300, cwd=REPO_ROOT):
+# Output that means a script failed in a way it should not, whatever its exit code.
+UNEXPECTED_OUTPUT = ('Traceback (most recent call last)', '--- Logging error ---')
+
+
+def check_output_clean(proc, args):
+  """Fails the test if a script printed a traceback or a logging error."""
+  for needle in UNEXPECTED_OUTPUT:
+    if needle in (proc.stdout or '') or needle in (proc.stderr or ''):
+      pytest.fail('%r printed %r:\n%s' % (' '.join(str(a) for a in args), needle,
+                                           describe(proc)))
+
+
+def run_script(args, timeout=300, cwd=REPO_ROOT, expect_traceback=False):
   """Runs `python <args...>` from the repo root; returns the CompletedProcess (text output).
+
+  A run whose output holds a Python traceback or a '--- Logging error ---' fails the test,
+  unless `expect_traceback`.
 
   Args:
     args: the script and its arguments, e.g. ['train.py', '--dataset=mnist', ...].
     timeout: seconds before the run is killed (a test failure).
     cwd: working directory (default the repo root, as the README commands assume).
+    expect_traceback: the test expects a traceback (do not fail on one).
   """
-  return subprocess.run([sys.executable] + [str(a) for a in args], cwd=cwd, env=script_env(),
+  proc = subprocess.run([sys.executable] + [str(a) for a in args], cwd=cwd, env=script_env(),
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                         timeout=timeout)
+  if not expect_traceback:
+    check_output_clean(proc, args)
+  return proc
 
 
 def popen_script(args, cwd=REPO_ROOT, **kwargs):

@@ -343,6 +343,227 @@ def test_mnist_idx_converter_round_trip(tmp_path):
     np.testing.assert_array_equal(got_images, expected)
 
 
+IDX_NAMES = {
+    'train-images': 'train-images-idx3-ubyte', 'train-labels': 'train-labels-idx1-ubyte',
+    't10k-images': 't10k-images-idx3-ubyte', 't10k-labels': 't10k-labels-idx1-ubyte'}
+
+
+def _good_idx_arrays():
+  rng = np.random.RandomState(14)
+  return {'train-images': rng.randint(0, 256, size=(5, 28, 28)).astype(np.uint8),
+          'train-labels': np.array([0, 9, 4, 4, 1], np.uint8),
+          't10k-images': rng.randint(0, 256, size=(3, 28, 28)).astype(np.uint8),
+          't10k-labels': np.array([7, 2, 0], np.uint8)}
+
+
+class RawBytes(bytes):
+  """File bytes written as given, even under a .gz name (a corrupt gzip file)."""
+
+
+def _write_idx_dir(idx_dir, contents=None, gz=('train-images', 't10k-labels')):
+  """Writes the four MNIST IDX files into `idx_dir`, the keys in `gz` gzipped under a .gz name.
+
+  Args:
+    idx_dir: a pathlib folder (created if missing).
+    contents: {key: the file's uncompressed bytes} replacing good small arrays; a RawBytes
+      value is written as is (no gzip); 'directory' makes a folder of that name; None leaves
+      the file out.
+    gz: the keys written gzipped.
+
+  Returns:
+    {key: path} of the files written.
+  """
+  idx_dir.mkdir(exist_ok=True)
+  contents = contents or {}
+  paths = {}
+  for key, array in _good_idx_arrays().items():
+    data = contents[key] if key in contents else _idx_bytes(array)
+    if data is None:
+      continue
+    path = idx_dir / (IDX_NAMES[key] + ('.gz' if key in gz else ''))
+    if isinstance(data, str) and data == 'directory':
+      path.mkdir()
+    elif key in gz and not isinstance(data, RawBytes):
+      with gzip.open(str(path), 'wb') as f:
+        f.write(data)
+    else:
+      write_bytes(path, bytes(data))
+    paths[key] = str(path)
+  return paths
+
+
+def _idx_header(ndim, dims, dtype_code=0x08):
+  return struct.pack('>HBB', 0, dtype_code, ndim) + struct.pack('>%dI' % len(dims), *dims)
+
+
+_TEST_IMAGES = _good_idx_arrays()['t10k-images']
+_GOOD_TRAIN_LABELS_GZ = gzip.compress(_idx_bytes(_good_idx_arrays()['train-labels']))
+
+# case -> (the bad file's key, its bytes ('directory': a folder of that name; None: missing),
+#          the words that must be in the message). Most break a t10k file: the train files
+#          are good and read first, yet data_train.bin must not be written.
+BAD_IDX_CASES = {
+    'gz_not_gzip': ('train-images', RawBytes(_idx_bytes(_good_idx_arrays()['train-images'])),
+                    'not a valid gzip file'),
+    'gz_truncated': ('t10k-labels', RawBytes(gzip.compress(
+        _idx_bytes(_good_idx_arrays()['t10k-labels']))[:-12]), 'not a valid gzip file'),
+    'gz_bad_deflate_data': ('t10k-labels', RawBytes(_GOOD_TRAIN_LABELS_GZ[:10] + b'\xff' * 30),
+                   'not a valid gzip file'),
+    'header_under_4_bytes': ('t10k-images', b'\x00\x00\x08', 'too short to be an IDX file'),
+    'empty_file': ('t10k-images', b'', 'too short to be an IDX file'),
+    'dims_cut_short': ('t10k-images', _idx_header(3, (3, 28)) + b'\x00\x00', 'header cut short'),
+    'wrong_dtype_code': ('t10k-images', _idx_header(3, (3, 28, 28), dtype_code=0x0D)
+                         + _TEST_IMAGES.tobytes(), 'not an unsigned-byte IDX file'),
+    'wrong_magic': ('t10k-labels', b'\x12\x34\x08\x01' + struct.pack('>I', 3) + b'\x01' * 3,
+                    'not an unsigned-byte IDX file'),
+    'body_too_short': ('t10k-images', _idx_bytes(_TEST_IMAGES)[:-5], 'its header declares'),
+    'body_too_long': ('t10k-labels', _idx_bytes(np.array([7, 2, 0], np.uint8)) + b'\x01',
+                      'its header declares'),
+    'images_not_28x28': ('t10k-images', _idx_bytes(np.zeros((3, 27, 28), np.uint8)),
+                         'expected N x 28 x 28'),
+    'images_2d': ('t10k-images', _idx_bytes(np.zeros((3, 784), np.uint8)),
+                  'expected N x 28 x 28'),
+    'no_images': ('t10k-images', _idx_bytes(np.zeros((0, 28, 28), np.uint8)), 'no images'),
+    'labels_2d': ('t10k-labels', _idx_bytes(np.zeros((3, 1), np.uint8)), 'expected 1-D'),
+    'count_mismatch': ('t10k-labels', _idx_bytes(np.array([7, 2], np.uint8)),
+                       'holds 3 images but'),
+    'label_10': ('t10k-labels', _idx_bytes(np.array([7, 10, 255], np.uint8)),
+                 'label 1 is 10, outside 0..9 (2 bad labels)'),
+    'train_label_10': ('train-labels', _idx_bytes(np.array([0, 9, 4, 10, 1], np.uint8)),
+                       'label 3 is 10, outside 0..9 (1 bad labels)'),
+    'missing_t10k_labels': ('t10k-labels', None, 'no t10k-labels-idx1-ubyte[.gz] file'),
+    'directory_as_file': ('t10k-images', 'directory', 'is a directory'),
+}
+
+
+@pytest.mark.parametrize('out_exists', [False, True], ids=['new_out_dir', 'old_out_dir'])
+@pytest.mark.parametrize('case', sorted(BAD_IDX_CASES))
+def test_mnist_idx_converter_checks_all_inputs_before_writing(tmp_path, case, out_exists):
+  key, data, problem = BAD_IDX_CASES[case]
+  paths = _write_idx_dir(tmp_path / 'idx', {key: data})
+  out_dir = tmp_path / 'out'
+  old = b'old records'
+  if out_exists:  # files from an earlier run are left exactly as they were
+    out_dir.mkdir()
+    write_bytes(out_dir / 'data_train.bin', old)
+  with pytest.raises(dataset_input.DataError) as err:
+    dataset_input.convert_mnist_idx(str(tmp_path / 'idx'), str(out_dir))
+  message = str(err.value)
+  assert problem in message, message
+  assert paths.get(key, str(tmp_path / 'idx')) in message, message  # names the file
+  assert '\n' not in message
+  if out_exists:
+    assert sorted(p.name for p in out_dir.iterdir()) == ['data_train.bin']
+    assert (out_dir / 'data_train.bin').read_bytes() == old
+  else:
+    assert not out_dir.exists(), list(out_dir.rglob('*'))
+
+
+def test_mnist_idx_count_mismatch_names_both_files(tmp_path):
+  paths = _write_idx_dir(tmp_path / 'idx', {'t10k-labels': _idx_bytes(np.array([7], np.uint8))})
+  with pytest.raises(dataset_input.DataError) as err:
+    dataset_input.convert_mnist_idx(str(tmp_path / 'idx'), str(tmp_path / 'out'))
+  assert paths['t10k-images'] in str(err.value) and paths['t10k-labels'] in str(err.value)
+  assert 'holds 3 images' in str(err.value) and 'holds 1 labels' in str(err.value)
+
+
+def test_mnist_idx_gzipped_file_without_gz_name_gets_a_hint(tmp_path):
+  gz = gzip.compress(_idx_bytes(_TEST_IMAGES))
+  paths = _write_idx_dir(tmp_path / 'idx', {'t10k-images': gz}, gz=())
+  with pytest.raises(dataset_input.DataError) as err:
+    dataset_input.convert_mnist_idx(str(tmp_path / 'idx'), str(tmp_path / 'out'))
+  assert paths['t10k-images'] in str(err.value)
+  assert 'name it t10k-images-idx3-ubyte.gz' in str(err.value)
+  assert not (tmp_path / 'out').exists()
+
+
+def test_mnist_idx_unreadable_file_is_a_data_error(tmp_path, monkeypatch):
+  paths = _write_idx_dir(tmp_path / 'idx')
+  real_open = open
+
+  def fake_open(path, *args, **kwargs):
+    if str(path) == paths['t10k-labels']:
+      raise PermissionError(13, 'Permission denied', str(path))
+    return real_open(path, *args, **kwargs)
+
+  monkeypatch.setattr(dataset_input, 'open', fake_open, raising=False)
+  with pytest.raises(dataset_input.DataError) as err:
+    dataset_input.convert_mnist_idx(str(tmp_path / 'idx'), str(tmp_path / 'out'))
+  assert str(err.value) == '%s: cannot read the file (Permission denied)' % paths['t10k-labels']
+  assert not (tmp_path / 'out').exists()
+
+
+def test_mnist_idx_converter_bad_idx_dir_and_out_dir(tmp_path):
+  with pytest.raises(dataset_input.DataError, match='no such directory'):
+    dataset_input.convert_mnist_idx(str(tmp_path / 'nowhere'), str(tmp_path / 'out'))
+  _write_idx_dir(tmp_path / 'idx')
+  out_file = write_bytes(tmp_path / 'out_file', b'x')
+  with pytest.raises(dataset_input.DataError) as err:
+    dataset_input.convert_mnist_idx(str(tmp_path / 'idx'), out_file)
+  assert out_file in str(err.value) and 'not a directory' in str(err.value)
+  assert not (tmp_path / 'out').exists()
+
+
+def test_mnist_idx_converter_in_process_exact_bytes(tmp_path):
+  arrays = _good_idx_arrays()
+  _write_idx_dir(tmp_path / 'idx')
+  out_dir = tmp_path / 'new' / 'out'
+  dataset_input.convert_mnist_idx(str(tmp_path / 'idx'), str(out_dir))
+  assert sorted(p.name for p in out_dir.iterdir()) == ['data_test.bin', 'data_train.bin']
+  for name, prefix in (('data_train.bin', 'train'), ('data_test.bin', 't10k')):
+    images, labels = arrays[prefix + '-images'], arrays[prefix + '-labels']
+    expected = np.concatenate(
+        [labels.astype('<f4')[:, None],
+         (images.reshape(len(labels), 784) / 255.0).astype('<f4')], axis=1).tobytes()
+    assert (out_dir / name).read_bytes() == expected
+
+
+def test_directory_as_data_file_is_rejected(tmp_path):
+  folder = tmp_path / 'some_dir'
+  folder.mkdir()
+  pixels, labels = mnist_arrays(2, seed=15)
+  dataset_input.write_mnist_records(str(tmp_path / 'a.bin'), pixels, labels)
+  for pattern in (str(folder), str(tmp_path / '*')):  # the folder alone, or among good files
+    for call in (lambda: dataset_input.validate_files('mnist', pattern),
+                 lambda: dataset_input.load_arrays('mnist', pattern),
+                 lambda: dataset_input.make_dataset('mnist', pattern, 2, train=False)):
+      with tf.Graph().as_default():
+        with pytest.raises(dataset_input.DataError) as err:
+          call()
+      assert str(err.value) == '%s is a directory, not a data file' % folder
+
+
+def test_unreadable_data_file_is_a_data_error(tmp_path, monkeypatch):
+  pixels, labels = mnist_arrays(2, seed=16)
+  path = str(tmp_path / 'data.bin')
+  dataset_input.write_mnist_records(path, pixels, labels)
+  real_open = open
+
+  def fake_open(name, *args, **kwargs):
+    if str(name) == path:
+      raise PermissionError(13, 'Permission denied', str(name))
+    return real_open(name, *args, **kwargs)
+
+  monkeypatch.setattr(dataset_input, 'open', fake_open, raising=False)
+  with pytest.raises(dataset_input.DataError) as err:
+    dataset_input.validate_files('mnist', path)
+  assert str(err.value) == '%s: cannot read the file (Permission denied)' % path
+
+
+def test_mnist_idx_converter_cli_corrupt_gzip_one_line_error(tmp_path):
+  paths = _write_idx_dir(tmp_path / 'idx', {
+      't10k-labels': RawBytes(b'this is not gzip data at all')})
+  out_dir = tmp_path / 'out'
+  proc = run_script(['dataset_input.py', '--convert=mnist_idx',
+                     '--idx_dir=%s' % (tmp_path / 'idx'), '--out_dir=%s' % out_dir], timeout=120)
+  assert proc.returncode != 0, describe(proc)
+  assert 'Traceback' not in proc.stderr, describe(proc)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1, describe(proc)
+  assert paths['t10k-labels'] in errors[0] and 'not a valid gzip file' in errors[0], errors
+  assert not out_dir.exists() or not list(out_dir.rglob('*.bin')), list(out_dir.rglob('*'))
+
+
 def test_digits_converter_cli(tmp_path, digits_dir):
   out_dir = tmp_path / 'digits'
   proc = run_script(['dataset_input.py', '--convert=digits', '--out_dir=%s' % out_dir],

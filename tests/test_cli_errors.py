@@ -1,0 +1,122 @@
+"""Every script's bad command lines: one 'error:' line naming the problem, no traceback, a
+non-zero exit, and no file created (issue "Results you can trust": strict command lines).
+
+Each case runs in its own empty working directory; every path flag points inside it, so
+"no file created" is: the directory is still empty afterwards.
+"""
+import os
+
+import pytest
+
+from conftest import REPO_ROOT, describe, run_parallel  # pylint: disable=g-bad-import-order
+
+# (script, flags, words the error must contain). {data} is the digits training file, {dir}
+# a folder (not a data file), {file} a regular file (so no folder can be made under it),
+# {model} a trained ResNet-8 (CE), {cwd} the case's own working directory.
+TRAIN = ['train.py', '--train_data_path={data}', '--log_root={cwd}/model', '--dataset=mnist',
+         '--num_residual_units=1']
+TEST_NOR = ['test_nor.py', '--eval_data_path={data}', '--log_root={cwd}/model',
+            '--dataset=mnist', '--num_residual_units=1', '--eval_once']
+TEST_ADV = ['test_adv.py', '--eval_data_path={data}', '--log_root={cwd}/model',
+            '--dataset=mnist', '--num_residual_units=1', '--mode=attack',
+            '--results_dir={cwd}/results']
+T_SNE = ['t_sne.py', '--dataset=mnist', '--results_dir={cwd}/results']
+CONVERT = ['dataset_input.py', '--convert=digits', '--out_dir={cwd}/data']
+REPRODUCE = ['reproduce.py', '--tiny', '--out_dir={cwd}/out']
+
+CASES = {
+    # misspelled and unknown flags, in every script
+    'train_misspelled': (TRAIN + ['--total_step=5'], ['total_step', 'total_steps']),
+    'train_misspelled_rce': (TRAIN + ['--RCE_trian=True'], ['RCE_trian', 'RCE_train']),
+    'test_nor_misspelled': (TEST_NOR + ['--eval_batch_cout=5'], ['eval_batch_cout']),
+    'test_adv_misspelled': (TEST_ADV + ['--attack_metod=bim'], ['attack_metod',
+                                                                'attack_method']),
+    't_sne_misspelled': (T_SNE + ['--attack_metod=fgsm'], ['attack_metod']),
+    'convert_misspelled': (CONVERT + ['--out_dri=x'], ['out_dri']),
+    'reproduce_misspelled': (REPRODUCE + ['--step=5'], ['--step']),
+    'reproduce_unknown': (REPRODUCE + ['--bogus'], ['--bogus']),
+    'train_stray_argument': (TRAIN + ['extra'], ['unexpected argument', 'extra']),
+    # bad choices list the valid ones
+    'train_dataset': (TRAIN[:3] + ['--dataset=svhn'], ['svhn', 'mnist', 'cifar10']),
+    'test_adv_attack': (TEST_ADV + ['--attack_method=deepfool'], ['deepfool', 'fgsm',
+                                                                  'carliniL2']),
+    'convert_choice': (['dataset_input.py', '--convert=cifar', '--out_dir={cwd}/d'],
+                       ['cifar', 'mnist_idx', 'digits']),
+    'reproduce_dataset': (REPRODUCE + ['--dataset=svhn'], ['svhn', 'mnist', 'cifar10']),
+    'test_nor_mode': (TEST_NOR + ['--mode=attack'], ['--mode=attack', 'eval']),
+    # values out of range
+    'train_total_steps_0': (TRAIN + ['--total_steps=0'], ['--total_steps=0']),
+    'train_total_steps_negative': (TRAIN + ['--total_steps=-3'], ['--total_steps=-3']),
+    'train_batch_size_0': (TRAIN + ['--batch_size=0'], ['--batch_size=0']),
+    'train_batch_over_towers': (TRAIN + ['--num_gpus=3'], ['batch_size', 'num_gpus']),
+    'train_lr_lengths': (TRAIN + ['--lr_boundaries=10', '--lr_values=0.1'],
+                         ['lr_values', 'lr_boundaries']),
+    'train_lr_order': (TRAIN + ['--lr_boundaries=20,10', '--lr_values=0.1,0.01,0.001'],
+                       ['increasing']),
+    'train_num_gpus_negative': (TRAIN + ['--num_gpus=-1'], ['--num_gpus=-1']),
+    'test_nor_batch_count_0': (TEST_NOR + ['--eval_batch_count=0'], ['--eval_batch_count=0']),
+    'test_adv_eps_negative': (TEST_ADV + ['--eps=-0.1'], ['--eps', '(0, 1]']),
+    'test_adv_eps_above_1': (TEST_ADV + ['--eps=1.5'], ['--eps', '(0, 1]']),
+    'test_adv_batch_count_0': (TEST_ADV + ['--eval_batch_count=0'], ['--eval_batch_count=0']),
+    'test_adv_attack_batch_0': (TEST_ADV + ['--attack_batch_size=0'],
+                                ['--attack_batch_size=0']),
+    'test_adv_cw_lr_0': (TEST_ADV + ['--cw_learning_rate=0'], ['cw_learning_rate']),
+    'test_adv_kernel_subset': (TEST_ADV + ['--kernel_per_class=5', '--kernel_subset=10'],
+                               ['kernel_subset', 'kernel_per_class']),
+    't_sne_max_points_0': (T_SNE + ['--tsne_max_points=0'], ['--tsne_max_points=0']),
+    'reproduce_steps_negative': (REPRODUCE + ['--steps=-5'], ['--steps', '>= 0']),
+    # paths: empty where one is needed, a folder given as a data file
+    'train_no_data_path': (['train.py', '--log_root={cwd}/model'], ['train_data_path']),
+    'train_no_log_root': (['train.py', '--train_data_path={data}'], ['log_root']),
+    'test_nor_no_log_root': (['test_nor.py', '--eval_data_path={data}', '--eval_once'],
+                             ['log_root']),
+    'test_nor_no_log_root_polling': (['test_nor.py', '--eval_data_path={data}'],
+                                     ['log_root']),
+    'test_adv_no_data_path': (['test_adv.py', '--mode=attack', '--log_root={cwd}/model'],
+                              ['eval_data_path']),
+    'train_directory_as_data': (['train.py', '--train_data_path={dir}',
+                                 '--log_root={cwd}/model'], ['is a directory']),
+    # output folders that cannot be written: found before the work, one line naming them
+    'train_log_root_unwritable': (TRAIN[:2] + ['--log_root={file}/model', '--dataset=mnist',
+                                               '--num_residual_units=1'],
+                                  ['--log_root', 'a_file/model']),
+    'test_nor_eval_dir_unwritable': (['test_nor.py', '--eval_data_path={data}',
+                                      '--log_root={model}', '--eval_dir={file}/eval',
+                                      '--num_residual_units=1', '--eval_once'],
+                                     ['--eval_dir', 'a_file/eval']),
+    'test_adv_results_dir_unwritable': (['test_adv.py', '--eval_data_path={data}',
+                                         '--log_root={model}', '--num_residual_units=1',
+                                         '--mode=attack', '--results_dir={file}/results'],
+                                        ['--results_dir', 'a_file/results']),
+}
+
+
+@pytest.fixture(scope='module')
+def error_runs(tmp_path_factory, digits_train, shared_models):
+  base = tmp_path_factory.mktemp('cli_errors')
+  folder = base / 'a_folder'
+  folder.mkdir()
+  a_file = base / 'a_file'
+  a_file.write_text('not a folder')
+  cwds, jobs = {}, []
+  for name, (args, _) in CASES.items():
+    cwd = base / name
+    cwd.mkdir()
+    cwds[name] = str(cwd)
+    jobs.append([os.path.join(REPO_ROOT, args[0])]
+                + [a.format(data=digits_train, dir=folder, file=a_file, cwd=cwd,
+                            model=shared_models['CE']) for a in args[1:]])
+  procs = run_parallel(jobs, timeout=300, cwds=[cwds[n] for n in CASES])
+  return {name: (proc, cwds[name]) for name, proc in zip(CASES, procs)}
+
+
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_bad_command_line_is_one_clear_error(error_runs, case):
+  proc, cwd = error_runs[case]
+  assert proc.returncode not in (0, None), describe(proc)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1, describe(proc)
+  for needle in CASES[case][1]:
+    assert needle in errors[0], (needle, describe(proc))
+  assert 'Traceback' not in proc.stderr + proc.stdout, describe(proc)
+  assert os.listdir(cwd) == [], (os.listdir(cwd), describe(proc))
