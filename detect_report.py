@@ -9,6 +9,7 @@ import numpy as np
 
 import detection
 import io_utils
+import provenance
 import result_files
 
 # Row order of the paper's Table 2; attacks not listed here follow alphabetically.
@@ -56,7 +57,8 @@ def evaluate_attack(directory, kd, thresholds, eps_round):
   keep = detection.kept_mask(data['labels_true'], data['labels_nor'], data['labels_adv'])
   nor, adv = _scores(data, kd, 'nor'), _scores(data, kd, 'adv')
   out = {'n_kept': int(keep.sum()), 'auc': {}, 'roc': {},
-         'eps': data['summary']['eps'][index]}
+         'eps': data['summary']['eps'][index],
+         'run_id': result_files.run_id(data['summary'])}
   for metric in detection.TABLE_METRICS:
     pos, neg = nor[metric][keep], adv[metric][keep]
     out['auc'][metric] = detection.roc_auc(pos, neg)
@@ -91,6 +93,46 @@ def threshold_markdown(results):
   return '\n'.join(lines) + '\n'
 
 
+def check_consistent(found, kernel_summaries, kernel_dir):
+  """ResultsError unless the folders of one table belong together.
+
+  Every attack folder of model M must come from the checkpoint its kernel was made from (the
+  model fingerprint), every attack folder must have attacked the same test data, and the CE
+  and RCE kernels the same training data. The message names both folders and their files.
+  """
+  data_ref = None
+  for attack in sorted(found):
+    for model, directory in sorted(found[attack].items()):
+      summary = result_files.load_summary(directory)
+      if 'provenance' not in summary:
+        result_files.verify_checksums(directory, summary)  # says: older version, rerun
+      made_by = summary['provenance']['model']
+      kernel_by = kernel_summaries[model]['provenance']['model']
+      if made_by['fingerprint'] != kernel_by['fingerprint']:
+        raise result_files.ResultsError(
+            '%s: %s was made by checkpoint %s (step %d), but %s: %s by checkpoint %s (step %d);'
+            ' they are not the same %s model: rerun the stale one (attack or kernel_para)'
+            % (directory, result_files.SUMMARY, made_by['checkpoint'], made_by['global_step'],
+               kernel_dir, result_files.kernel_summary_name(model == 'RCE'),
+               kernel_by['checkpoint'], kernel_by['global_step'], model))
+      data = provenance.data_identity(summary['provenance']['data'])
+      if data_ref is None:
+        data_ref = (directory, data)
+      elif data != data_ref[1]:
+        raise result_files.ResultsError(
+            '%s: %s records other test data than %s (%s vs %s); one table compares '
+            'attacks on the same images' % (
+                directory, result_files.SUMMARY, data_ref[0],
+                [d['path'] for d in summary['provenance']['data']], data_ref[0]))
+  kernel_data = {m: provenance.data_identity(k['provenance']['data'])
+                 for m, k in kernel_summaries.items()}
+  if len({repr(d) for d in kernel_data.values()}) > 1:
+    raise result_files.ResultsError(
+        '%s: the CE and RCE kernels (%s) were made from different training data'
+        % (kernel_dir, ', '.join(result_files.kernel_summary_name(m == 'RCE')
+                                 for m in sorted(kernel_data))))
+
+
 def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
   """Finds every attack result of `dataset`, writes Table 2 (md, csv), ROC PNGs, thresholds.
 
@@ -103,6 +145,9 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
 
   Returns:
     (markdown text, {attack: {model: evaluate_attack result}}).
+
+  The output folder's summary.json records the run ids of every folder read and the
+  checksums of every file written (result_files.FolderWriter).
   """
   found = result_files.find_attacks(results_dir, dataset)
   if not found:
@@ -114,19 +159,25 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
     raise ValueError('unknown threshold rule %r' % threshold)
   out_dir = out_dir or os.path.join(results_dir, 'detect_%s' % dataset)
   kernel_dir = result_files.kernel_dir(dataset, results_dir)
-  detectors = {}
+  detectors, kernel_summaries = {}, {}
   for model in sorted({m for dirs in found.values() for m in dirs}):
-    params = result_files.load_kernel_params(kernel_dir, model == 'RCE', dataset)
+    params, kernel_summaries[model] = result_files.load_kernel_params(kernel_dir,
+                                                                      model == 'RCE', dataset)
     kd = detection.KernelDensity(float(params['sigma2'])).fit(params['points'],
                                                             params['point_labels'])
     detectors[model] = (kd, params['medians'])
+  check_consistent(found, kernel_summaries, kernel_dir)
 
-  results, rows = [], []
+  inputs = {'kernels': {m: result_files.run_id(k) for m, k in kernel_summaries.items()},
+            'attacks': {}}
+  results, rows, figures = [], [], []
   for attack in _ordered(found):
     per_model = {}
     for model, directory in sorted(found[attack].items()):
       kd, thresholds = detectors[model]
       per_model[model] = evaluate_attack(directory, kd, thresholds, eps_round)
+      inputs['attacks'].setdefault(attack, {})[model] = {
+          'dir': os.path.abspath(directory), 'run_id': per_model[model].pop('run_id')}
       logging.info('%s %s: %d kept examples', attack, model, per_model[model]['n_kept'])
     results.append((attack, per_model))
     aucs = {(m, model): r['auc'][m] for model, r in per_model.items()
@@ -140,8 +191,7 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
                r['auc'][m]) for model, r in sorted(per_model.items())
               for m in detection.TABLE_METRICS if m in r['roc']]
     if curves:
-      detection.plot_roc(curves, os.path.join(out_dir, 'roc_%s.png' % attack),
-                         'ROC, %s on %s' % (title, dataset))
+      figures.append(('roc_%s.png' % attack, curves, 'ROC, %s on %s' % (title, dataset)))
 
   table = detection.table_markdown(
       rows, title='AUC of detection on %s (rows: attacks; normal = positives)' % dataset)
@@ -149,6 +199,12 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
           'correctly and adversarial misclassified. Swept attacks at eps round %d.\n\n'
           '### Thresholding test (per-class threshold: training median K-density)\n\n%s'
           % (eps_round, threshold_markdown(results)))
-  io_utils.atomic_write_text(os.path.join(out_dir, 'table2.md'), text)
-  io_utils.atomic_write_text(os.path.join(out_dir, 'table2.csv'), detection.table_csv(rows))
+  folder = result_files.FolderWriter(out_dir)  # incomplete until finish()
+  for name, curves, title in figures:
+    folder.write(name, lambda path, c=curves, t=title: detection.plot_roc(c, path, t))
+  folder.write('table2.md', io_utils.atomic_write_text, text)
+  folder.write('table2.csv', io_utils.atomic_write_text, detection.table_csv(rows))
+  folder.finish({'dataset': dataset, 'eps_round': eps_round, 'inputs': inputs,
+                 'provenance': provenance.record(None, [], {'eps_round': eps_round,
+                                                            'threshold': threshold})})
   return text, dict(results)

@@ -373,9 +373,10 @@ def table_csv(rows):
 
 
 def _save_png(fig, path):
+  """Writes the figure as a PNG atomically; returns the file's SHA-256."""
   buf = io.BytesIO()
   fig.savefig(buf, format='png', dpi=100, bbox_inches='tight')
-  io_utils.atomic_write_bytes(path, buf.getvalue())
+  return io_utils.atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_roc(curves, path, title):
@@ -396,7 +397,7 @@ def plot_roc(curves, path, title):
          ylabel='True positive rate', title=title)
   if curves:
     ax.legend(loc='lower right', fontsize='small')
-  _save_png(fig, path)
+  return _save_png(fig, path)
 
 
 EXACT_TSNE_MAX = 1500

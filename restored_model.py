@@ -36,7 +36,8 @@ class RestoredModel(object):
       self.variables = resnet_model.model_variables()
     self.sess = tf1.Session(graph=self.graph, config=config)
     with self.graph.as_default():
-      self.step = checkpoints.restore(self.sess, self.ckpt, self.variables)
+      self.info = checkpoints.restore(self.sess, self.ckpt, self.variables)
+    self.step = self.info.step
 
   def init_new_variables(self):
     """Initializes the variables added after the restore (attack state), not the model's."""

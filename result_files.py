@@ -13,11 +13,17 @@ attacked images, R the number of eps rounds (10 for the swept attacks, 1 for C&W
   labels_adv, L2_distance     R*N
   nor_img.npy                 [N, H, W, C] in [-0.5, 0.5]
   adv_img.npy                 [R, N, H, W, C] in [-0.5, 0.5]
-  summary.json                eps per round, N, R, per-round statistics; written last, so
-                              its presence marks a complete result set.
+  summary.json                eps per round, N, R, per-round statistics, the provenance
+                              (model, data, flags, run id) and the SHA-256 of every file.
 
 Kernel parameters, in `kernel_para_{dataset}/`: `training_logits_{M}` and
-`training_labels_{M}` (text, M = RCE or CE) and `kernel_{M}.npz` (no pickle).
+`training_labels_{M}` (text, M = RCE or CE), `kernel_{M}.npz` (no pickle) and their summary
+`kernel_{M}.json`.
+
+A folder is complete only while its summary is there and every file matches the checksum the
+summary records: a writer removes the old summary first and writes the new one last, so an
+interrupted rewrite leaves an incomplete folder, and a file changed or copied from another run
+afterwards is named by the reader.
 """
 import json
 import os
@@ -27,6 +33,7 @@ import numpy as np
 import io_utils
 
 SUMMARY = 'summary.json'
+CLEAN_RESULT = 'precision.json'  # test_nor.py's result, in --eval_dir
 NOR_FILES = ('entropy_nor', 'confidence_nor', 'logits_nor', 'labels_nor')
 ADV_FILES = ('entropy_adv', 'confidence_adv', 'logits_adv', 'labels_adv', 'L2_distance')
 TEXT_FILES = NOR_FILES + ADV_FILES + ('labels_true',)
@@ -52,35 +59,102 @@ def kernel_dir(dataset, results_dir='.'):
   return os.path.join(results_dir, 'kernel_para_%s' % dataset)
 
 
+class FolderWriter(object):
+  """Writes a result folder that counts as complete only once its summary lands.
+
+  The old summary goes first, then each file is written atomically (its checksum kept), and
+  `finish` writes the summary with every checksum and the run id last.
+  """
+
+  def __init__(self, directory, summary_name=SUMMARY):
+    self.directory, self.summary_name = directory, summary_name
+    self.files = {}
+    io_utils.makedirs(directory)
+    self._remove(summary_name)
+
+  def _remove(self, name):
+    """Deletes `name` and the temporary files an interrupted write of it left behind."""
+    path = os.path.join(self.directory, name)
+    if os.path.exists(path):
+      os.remove(path)
+    io_utils.remove_stray_temp_files(self.directory, name)
+
+  def write(self, name, writer, *args, **kwargs):
+    """Writes file `name` with an io_utils atomic writer and records its checksum."""
+    io_utils.remove_stray_temp_files(self.directory, name)
+    self.files[name] = writer(os.path.join(self.directory, name), *args, **kwargs)
+
+  def finish(self, summary):
+    """Writes the summary (with 'files': {name: sha256}) last; returns it."""
+    summary = dict(summary, files=dict(self.files))
+    io_utils.atomic_write_json(os.path.join(self.directory, self.summary_name), summary)
+    return summary
+
+
 def save_attack_results(directory, arrays, summary):
-  """Writes every result file atomically, summary.json last.
+  """Writes every result file atomically, summary.json (with their checksums) last.
 
   Args:
     directory: output folder (created).
     arrays: dict with the TEXT_FILES names plus 'nor_img' and 'adv_img'.
-    summary: JSON-serializable dict (eps list, statistics, ...).
+    summary: JSON-serializable dict (eps list, statistics, provenance, ...).
   """
-  io_utils.makedirs(directory)
+  folder = FolderWriter(directory)
   for name in TEXT_FILES:
-    values = np.asarray(arrays[name])
     fmt = '%d' if name.startswith('labels') else '%.8e'
-    io_utils.atomic_savetxt(os.path.join(directory, name), values, fmt=fmt)
-  io_utils.atomic_save_npy(os.path.join(directory, 'nor_img.npy'), arrays['nor_img'])
-  io_utils.atomic_save_npy(os.path.join(directory, 'adv_img.npy'), arrays['adv_img'])
-  io_utils.atomic_write_json(os.path.join(directory, SUMMARY), summary)
+    folder.write(name, io_utils.atomic_savetxt, np.asarray(arrays[name]), fmt=fmt)
+  folder.write('nor_img.npy', io_utils.atomic_save_npy, arrays['nor_img'])
+  folder.write('adv_img.npy', io_utils.atomic_save_npy, arrays['adv_img'])
+  return folder.finish(summary)
 
 
 def is_complete(directory):
   return os.path.exists(os.path.join(directory, SUMMARY))
 
 
-def load_summary(directory):
-  path = os.path.join(directory, SUMMARY)
+def load_summary(directory, summary_name=SUMMARY):
+  """The summary of a result folder; ResultsError when it is missing or unreadable."""
+  path = os.path.join(directory, summary_name)
   if not os.path.exists(path):
-    raise ResultsError('%s: no %s (the attack did not finish; rerun test_adv.py '
-                       '--mode=attack)' % (directory, SUMMARY))
-  with open(path) as f:
-    return json.load(f)
+    raise ResultsError('%s: no %s: the folder is incomplete (its run did not finish or was '
+                       'interrupted while rewriting it); rerun the command that makes it'
+                       % (directory, summary_name))
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+  except ValueError as e:
+    raise ResultsError('%s: %s is not valid JSON (%s)' % (directory, summary_name, e))
+  if not isinstance(summary, dict):
+    raise ResultsError('%s: %s is not a summary object' % (directory, summary_name))
+  return summary
+
+
+def verify_checksums(directory, summary, summary_name=SUMMARY):
+  """ResultsError unless every file `summary` lists is present with its recorded SHA-256."""
+  files = summary.get('files')
+  if not isinstance(files, dict) or 'provenance' not in summary:
+    raise ResultsError('%s: %s records no provenance or file checksums (written by an older '
+                       'version of the suite); rerun the command that makes it'
+                       % (directory, summary_name))
+  for name, digest in sorted(files.items()):
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):
+      raise ResultsError('%s: %s is missing (listed in %s)' % (directory, name, summary_name))
+    if io_utils.sha256_file(path) != digest:
+      raise ResultsError('%s: %s does not match its checksum in %s: it was changed, or copied '
+                         'from another run, after this run (%s) wrote it; rerun the command '
+                         'that makes the folder' % (directory, name, summary_name,
+                                                    summary.get('run_id')))
+  return summary
+
+
+def load_verified_summary(directory, summary_name=SUMMARY):
+  """The summary of a complete folder whose files all match their checksums."""
+  return verify_checksums(directory, load_summary(directory, summary_name), summary_name)
+
+
+def run_id(summary):
+  return summary['provenance']['run_id']
 
 
 def round_index(summary, eps_round):
@@ -94,6 +168,10 @@ def load_attack_round(directory, index):
   Returns:
     dict: summary, labels_true [N], *_nor [N] (logits_nor [N,64]), and the round's
     entropy_adv, confidence_adv, labels_adv, L2_distance [N], logits_adv [N,64].
+
+  Raises:
+    ResultsError naming the folder and the file: incomplete folder, a file missing, of the
+    wrong length, or not the one this run wrote (checksum).
   """
   summary = load_summary(directory)
   n, rounds = summary['num_examples'], summary['num_rounds']
@@ -114,11 +192,16 @@ def load_attack_round(directory, index):
     if name in ADV_FILES:
       values = values[index * n:(index + 1) * n]
     out[name] = values.astype(np.int64) if name.startswith('labels') else values
+  verify_checksums(directory, summary)
   return out
 
 
 def find_attacks(results_dir, dataset):
-  """{attack: {'CE': dir, 'RCE': dir}} for every complete result folder of `dataset`."""
+  """{attack: {'CE': dir, 'RCE': dir}} for every result folder of `dataset`.
+
+  A folder without its summary (an attack that was interrupted, or a rewrite that was) is a
+  ResultsError, not skipped: a table silently missing a row would look complete.
+  """
   if not os.path.isdir(results_dir):
     raise ResultsError('--results_dir=%s is not a folder' % results_dir)
   found = {}
@@ -128,31 +211,48 @@ def find_attacks(results_dir, dataset):
       continue
     for model in MODELS:
       directory = os.path.join(results_dir, entry, model)
-      if os.path.isdir(directory) and is_complete(directory):
-        summary = load_summary(directory)
-        if summary.get('dataset', dataset) != dataset:
-          raise ResultsError('%s holds %s results, not %s' % (directory, summary['dataset'],
-                                                               dataset))
-        found.setdefault(entry[:-len(suffix)], {})[model] = directory
+      if not os.path.isdir(directory):
+        continue
+      summary = load_summary(directory)
+      if summary.get('dataset', dataset) != dataset:
+        raise ResultsError('%s holds %s results, not %s' % (directory, summary['dataset'],
+                                                             dataset))
+      if summary.get('model', model) != model:
+        raise ResultsError('%s holds results of the %s model, not %s'
+                           % (directory, summary['model'], model))
+      found.setdefault(entry[:-len(suffix)], {})[model] = directory
   return found
 
 
-def save_kernel_params(directory, rce, features, labels, params):
-  """Training features/labels as text and the kernel parameters as a pickle-free npz."""
+def kernel_summary_name(rce):
+  return 'kernel_%s.json' % model_name(rce)
+
+
+def save_kernel_params(directory, rce, features, labels, params, summary=None):
+  """Training features/labels as text, the kernel parameters as a pickle-free npz, and their
+  summary `kernel_{M}.json` (provenance, checksums) last."""
   name = model_name(rce)
-  io_utils.makedirs(directory)
-  io_utils.atomic_savetxt(os.path.join(directory, 'training_logits_' + name), features)
-  io_utils.atomic_savetxt(os.path.join(directory, 'training_labels_' + name), labels, fmt='%d')
-  io_utils.atomic_savez(os.path.join(directory, 'kernel_%s.npz' % name), **params)
+  folder = FolderWriter(directory, kernel_summary_name(rce))
+  folder.write('training_logits_' + name, io_utils.atomic_savetxt, features)
+  folder.write('training_labels_' + name, io_utils.atomic_savetxt, labels, fmt='%d')
+  folder.write('kernel_%s.npz' % name, io_utils.atomic_savez, **params)
+  return folder.finish(dict(summary or {}, model=name))
 
 
 def load_kernel_params(directory, rce, dataset):
-  """The kernel parameters written by --mode=kernel_para, or a ResultsError saying how."""
-  path = os.path.join(directory, 'kernel_%s.npz' % model_name(rce))
-  if not os.path.exists(path):
+  """(kernel parameters, their summary) written by --mode=kernel_para, checked against their
+  checksums; a ResultsError saying how to make them when they are missing or incomplete."""
+  name = kernel_summary_name(rce)
+  if not os.path.exists(os.path.join(directory, name)):
     raise ResultsError(
-        'missing kernel file %s; make it with: python test_adv.py --mode=kernel_para '
-        '--dataset=%s --RCE_train=%s --log_root=... --train_data_path=...'
-        % (path, dataset, rce))
-  with np.load(path, allow_pickle=False) as data:
-    return {k: data[k] for k in data.files}
+        'missing kernel parameters %s (kernel_%s.npz and its summary %s); make them with: '
+        'python test_adv.py --mode=kernel_para --dataset=%s --RCE_train=%s --log_root=... '
+        '--train_data_path=...' % (directory, model_name(rce), name, dataset, rce))
+  summary = load_verified_summary(directory, name)
+  if summary.get('dataset') != dataset or summary.get('model') != model_name(rce):
+    raise ResultsError('%s: %s holds the kernel of the %s model on %s, not %s on %s'
+                       % (directory, name, summary.get('model'), summary.get('dataset'),
+                          model_name(rce), dataset))
+  with np.load(os.path.join(directory, 'kernel_%s.npz' % model_name(rce)),
+               allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}, summary

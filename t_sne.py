@@ -8,18 +8,18 @@ coloured by their true class; adversarial points (the successful ones: normal co
 adversarial wrong) by the class the model gives them, drawn as crosses.
 """
 import os
-import sys
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 import common_flags
 import detection
+import io_utils
+import provenance
 import result_files
 
-flags = tf.compat.v1.app.flags
-FLAGS = flags.FLAGS
+flags = common_flags.flags
+FLAGS = common_flags.FLAGS
 
 
 def define_flags():
@@ -29,7 +29,7 @@ def define_flags():
   flags.DEFINE_string('rce_dir', '', 'RCE attack result folder (default: the standard layout).')
   flags.DEFINE_string('tsne_out', '', 'Output PNG.')
   flags.DEFINE_integer('tsne_max_points', 500, 'At most this many normal (and adversarial) '
-                       'points per panel.')
+                       'points per panel.', lower_bound=1)
 
 
 def panel(directory, title, eps_round, max_points, seed=0):
@@ -42,6 +42,9 @@ def panel(directory, title, eps_round, max_points, seed=0):
   nor = rng.permutation(len(keep))[:max_points]
   adv = rng.permutation(np.flatnonzero(keep))[:max_points]
   features = np.concatenate([data['logits_nor'][nor], data['logits_adv'][adv]])
+  if len(features) < 2:
+    raise result_files.ResultsError('%s: %d example(s) to embed; t-SNE needs at least 2'
+                                    % (directory, len(features)))
   labels = np.concatenate([data['labels_true'][nor], data['labels_adv'][adv]])
   is_adv = np.concatenate([np.zeros(len(nor), bool), np.ones(len(adv), bool)])
   eps = summary['eps'][index]
@@ -51,29 +54,39 @@ def panel(directory, title, eps_round, max_points, seed=0):
           'is_adv': is_adv}
 
 
-def main(argv):
-  del argv
+def _check_same_data(present):
+  """Each panel must hold its model's results, and both attacks on the same test images."""
+  summaries = [(d, result_files.load_summary(d)) for _, d in present]
+  for (model, _), (directory, summary) in zip(present, summaries):
+    if summary.get('model', model) != model:
+      raise result_files.ResultsError('%s holds results of the %s model, not %s'
+                                      % (directory, summary['model'], model))
+  identities = {repr(provenance.data_identity(s['provenance']['data']))
+                for _, s in summaries if 'provenance' in s}
+  if len(identities) > 1:
+    raise result_files.ResultsError('%s and %s attacked different test data; t-SNE compares '
+                                    'the same images' % (summaries[0][0], summaries[1][0]))
+
+
+def main():
   dirs = {'CE': FLAGS.ce_dir or result_files.attack_dir(
               FLAGS.attack_method, FLAGS.dataset, False, results_dir=FLAGS.results_dir),
           'RCE': FLAGS.rce_dir or result_files.attack_dir(
               FLAGS.attack_method, FLAGS.dataset, True, results_dir=FLAGS.results_dir)}
-  present = [(m, d) for m, d in sorted(dirs.items()) if result_files.is_complete(d)]
+  present = [(m, d) for m, d in sorted(dirs.items()) if os.path.isdir(d)]
   if not present:
-    sys.exit('error: no complete attack results in %s; run test_adv.py --mode=attack first'
-             % ' or '.join(dirs.values()))
+    raise result_files.ResultsError('no attack results in %s; run test_adv.py --mode=attack '
+                                    'first' % ' or '.join(dirs.values()))
   out = FLAGS.tsne_out or os.path.join(FLAGS.results_dir, 'detect_%s' % FLAGS.dataset,
                                        'tsne_%s.png' % FLAGS.attack_method)
-  try:
-    panels = [panel(d, '%s, %s' % (m, FLAGS.attack_method), FLAGS.eps_round,
-                    FLAGS.tsne_max_points, FLAGS.seed) for m, d in present]
-  except result_files.ResultsError as e:
-    sys.exit('error: %s' % e)
+  panels = [panel(d, '%s, %s' % (m, FLAGS.attack_method), FLAGS.eps_round,
+                  FLAGS.tsne_max_points, FLAGS.seed) for m, d in present]
+  _check_same_data(present)
+  io_utils.check_writable_dir(os.path.dirname(os.path.abspath(out)), '--tsne_out')
   detection.plot_tsne(panels, out)
   logging.info('t-SNE of %s written to %s', ', '.join(m for m, _ in present), out)
   print('wrote %s' % out)
 
 
 if __name__ == '__main__':
-  define_flags()
-  logging.set_verbosity(logging.INFO)
-  tf.compat.v1.app.run(main)
+  common_flags.run_script(define_flags, main)

@@ -22,6 +22,8 @@ import attacks
 import common_flags
 import dataset_input
 import detect_report
+import io_utils
+import provenance
 import result_files
 import restored_model
 import training
@@ -29,6 +31,13 @@ import training
 tf1 = tf.compat.v1
 FLAGS = common_flags.FLAGS
 MODES = ('attack', 'kernel_para', 'detect')
+# The flags that change each mode's result, recorded in its summary.
+ATTACK_FLAGS = ('dataset', 'RCE_train', 'num_residual_units', 'use_bottleneck', 'seed',
+                'attack_method', 'eps', 'eval_batch_count', 'attack_batch_size', 'bim_nb_iter',
+                'jsma_max_iter', 'cw_batch_size', 'cw_max_iterations', 'cw_binary_search_steps',
+                'cw_learning_rate', 'cw_initial_const')
+KERNEL_FLAGS = ('dataset', 'RCE_train', 'num_residual_units', 'use_bottleneck', 'seed',
+                'eval_batch_count', 'kernel_per_class', 'kernel_subset')
 
 
 def define_flags():
@@ -53,20 +62,46 @@ def _restore(batch_size):
                                       FLAGS.dataset, FLAGS.log_root, config)
 
 
+def _provenance(model, data_files, flag_names):
+  """The provenance block of this run's summary: model, data files, result-changing flags."""
+  return provenance.record(
+      provenance.model_record(model.info, result_files.model_name(FLAGS.RCE_train), model.hps),
+      provenance.data_record(data_files), {name: FLAGS[name].value for name in flag_names})
+
+
+def _check_kernel_model(kernel_summary, model, kernel_dir):
+  """The white-box attack needs the kernel of this very checkpoint (model fingerprint)."""
+  made_by = kernel_summary['provenance']['model']
+  if made_by['fingerprint'] != model.info.fingerprint:
+    raise result_files.ResultsError(
+        '%s: %s was made from checkpoint %s (step %d), not from the model of --log_root=%s '
+        '(%s, step %d); rerun test_adv.py --mode=kernel_para for it'
+        % (kernel_dir, result_files.kernel_summary_name(FLAGS.RCE_train),
+           made_by['checkpoint'], made_by['global_step'], FLAGS.log_root, model.ckpt,
+           model.step))
+
+
 def run_attack():
   """--mode=attack: every check first, then one graph, then the rounds, then the files."""
+  common_flags.require_flags('test_adv.py --mode=attack', 'eval_data_path', 'log_root')
   spec = attacks.get_attack(FLAGS.attack_method)
   n = FLAGS.eval_batch_count * FLAGS.attack_batch_size
-  images, labels = dataset_input.load_arrays(FLAGS.dataset, FLAGS.eval_data_path, n)
+  files = dataset_input.validate_files(FLAGS.dataset, FLAGS.eval_data_path)
+  images, labels = dataset_input.load_arrays(FLAGS.dataset, FLAGS.eval_data_path, n, files)
   if len(images) < n:
     logging.warning('the test files hold %d images, fewer than %d = --eval_batch_count x '
                     '--attack_batch_size: attacking %d', len(images), n, len(images))
   kernel = None
+  kernel_dir = result_files.kernel_dir(FLAGS.dataset, FLAGS.results_dir)
   if spec.white_box:
-    kernel = result_files.load_kernel_params(
-        result_files.kernel_dir(FLAGS.dataset, FLAGS.results_dir), FLAGS.RCE_train,
-        FLAGS.dataset)
+    kernel, kernel_summary = result_files.load_kernel_params(kernel_dir, FLAGS.RCE_train,
+                                                             FLAGS.dataset)
   model = _restore(FLAGS.attack_batch_size)
+  if spec.white_box:
+    _check_kernel_model(kernel_summary, model, kernel_dir)
+  out_dir = result_files.attack_dir(FLAGS.attack_method, FLAGS.dataset, FLAGS.RCE_train,
+                                    FLAGS.save_pwd, FLAGS.results_dir)
+  io_utils.check_writable_dir(out_dir, '--save_pwd' if FLAGS.save_pwd else '--results_dir')
   params = _attack_params()
   if spec.kind == 'eps':
     attack, eps_list = attack_runner.EpsAttack(model, spec, params), attack_runner.eps_schedule(
@@ -75,8 +110,6 @@ def run_attack():
     attack, eps_list = attack_runner.CWAttack(model, spec, params, kernel), [None]
   model.init_new_variables()
   model.graph.finalize()  # nothing may be added per batch or round
-  out_dir = result_files.attack_dir(FLAGS.attack_method, FLAGS.dataset, FLAGS.RCE_train,
-                                    FLAGS.save_pwd, FLAGS.results_dir)
   logging.info('%s on %d images of %s (%s model, checkpoint step %d) -> %s',
                FLAGS.attack_method, len(images), FLAGS.eval_data_path,
                result_files.model_name(FLAGS.RCE_train), model.step, out_dir)
@@ -92,7 +125,8 @@ def run_attack():
              'model': result_files.model_name(FLAGS.RCE_train), 'checkpoint': model.ckpt,
              'checkpoint_step': model.step, 'num_examples': len(images),
              'num_rounds': len(eps_list), 'eps': eps_list, 'rounds': per_round,
-             'num_residual_units': FLAGS.num_residual_units, 'attack_stats': extra}
+             'num_residual_units': FLAGS.num_residual_units, 'attack_stats': extra,
+             'provenance': _provenance(model, files, ATTACK_FLAGS)}
   result_files.save_attack_results(out_dir, arrays, summary)
   if extra:
     logging.info('%s: %s', FLAGS.attack_method, extra)
@@ -104,19 +138,28 @@ def run_attack():
 
 def run_kernel_para():
   """--mode=kernel_para: training features -> kernel points and per-class medians."""
+  common_flags.require_flags('test_adv.py --mode=kernel_para', 'log_root')
   pattern = FLAGS.train_data_path or FLAGS.eval_data_path
+  if not pattern:
+    raise ValueError('test_adv.py --mode=kernel_para needs --train_data_path (the training '
+                     'images whose features make the kernel)')
   if not FLAGS.train_data_path:
     logging.info('--train_data_path not given: taking the training images from '
                  '--eval_data_path=%s', pattern)
+  files = dataset_input.validate_files(FLAGS.dataset, pattern)
   images, labels = dataset_input.load_arrays(FLAGS.dataset, pattern,
-                                             FLAGS.eval_batch_count * 100)
+                                             FLAGS.eval_batch_count * 100, files)
   model = _restore(100)
+  out_dir = result_files.kernel_dir(FLAGS.dataset, FLAGS.results_dir)
+  io_utils.check_writable_dir(out_dir, '--results_dir')
   _, features = model.outputs(images)
   model.close()
   params = detect_report.kernel_params(features, labels, FLAGS.RCE_train,
                                        FLAGS.kernel_per_class, FLAGS.kernel_subset, FLAGS.seed)
-  out_dir = result_files.kernel_dir(FLAGS.dataset, FLAGS.results_dir)
-  result_files.save_kernel_params(out_dir, FLAGS.RCE_train, features, labels, params)
+  result_files.save_kernel_params(
+      out_dir, FLAGS.RCE_train, features, labels, params,
+      {'dataset': FLAGS.dataset, 'num_examples': len(features),
+       'provenance': _provenance(model, files, KERNEL_FLAGS)})
   print('wrote kernel parameters of %d training features (%s) to %s'
         % (len(features), result_files.model_name(FLAGS.RCE_train), out_dir))
   return out_dir

@@ -6,7 +6,9 @@
 
 Evaluates --eval_batch_count batches of --eval_batch_size test images with the RCE flip for
 RCE models. With --eval_once it evaluates the latest checkpoint once (an error if there is
-none); otherwise it polls --log_root for new checkpoints, sleeping between polls.
+none); otherwise it polls --log_root for new checkpoints, sleeping between polls. Each
+evaluation is also written to {eval_dir}/precision.json with its provenance (checkpoint, step,
+model fingerprint, data files, flags) and checksum, for reproduce.py and Table 1.
 """
 import os
 import sys
@@ -18,7 +20,10 @@ import tensorflow as tf
 import checkpoints
 import common_flags
 import dataset_input
+import io_utils
+import provenance
 import resnet_model
+import result_files
 import training
 
 tf1 = tf.compat.v1
@@ -34,7 +39,7 @@ class Evaluator(object):
   """The eval graph, built once: a re-initializable pass over the test files."""
 
   def __init__(self, hps, dataset, pattern, batch_size):
-    files = dataset_input.validate_files(dataset, pattern)
+    self.files = files = dataset_input.validate_files(dataset, pattern)
     self.graph = tf.Graph()
     with self.graph.as_default():
       self.iterator, self.correct, self.count = training.build_test_precision(
@@ -42,9 +47,9 @@ class Evaluator(object):
       self.variables = resnet_model.model_variables()
 
   def evaluate(self, ckpt, batch_count, config=None):
-    """(precision, images evaluated, checkpoint step) of checkpoint `ckpt`."""
+    """(precision, images evaluated, CheckpointInfo) of checkpoint `ckpt`."""
     with tf1.Session(graph=self.graph, config=config) as sess:
-      step = checkpoints.restore(sess, ckpt, self.variables)
+      info = checkpoints.restore(sess, ckpt, self.variables)
       sess.run(self.iterator.initializer)
       correct = total = batches = 0
       for _ in range(batch_count):
@@ -56,7 +61,7 @@ class Evaluator(object):
     if batches < batch_count:
       logging.warning('the test files hold %d batches, fewer than --eval_batch_count=%d: '
                       'evaluated %d images', batches, batch_count, total)
-    return correct / max(total, 1), total, step
+    return correct / max(total, 1), total, info
 
 
 def _summary(writer, step, precision, best):
@@ -66,14 +71,30 @@ def _summary(writer, step, precision, best):
   writer.flush()
 
 
+def write_result(eval_dir, hps, evaluator, info, precision, total):
+  """{eval_dir}/precision.json: the precision with its provenance, checksummed."""
+  folder = result_files.FolderWriter(eval_dir, result_files.CLEAN_RESULT)
+  return folder.finish({
+      'precision': float(precision), 'images': int(total), 'checkpoint': info.path,
+      'checkpoint_step': info.step, 'dataset': FLAGS.dataset,
+      'provenance': provenance.record(
+          provenance.model_record(info, result_files.model_name(hps.RCE_train), hps),
+          provenance.data_record(evaluator.files),
+          {name: FLAGS[name].value for name in (
+              'dataset', 'RCE_train', 'num_residual_units', 'use_bottleneck',
+              'eval_batch_count', 'eval_batch_size')})})
+
+
 def evaluate():
   common_flags.check_mode(['eval'], 'test_nor.py')
+  common_flags.require_flags('test_nor.py', 'eval_data_path', 'log_root')
   hps = common_flags.hparams_from_flags(FLAGS.eval_batch_size)
   if FLAGS.eval_once:
     checkpoints.require_checkpoint(FLAGS.log_root)
   evaluator = Evaluator(hps, FLAGS.dataset, FLAGS.eval_data_path, FLAGS.eval_batch_size)
   _, config = training.tower_devices(min(FLAGS.num_gpus, 1))
   eval_dir = FLAGS.eval_dir or os.path.join(FLAGS.log_root, 'eval')
+  io_utils.check_writable_dir(eval_dir, '--eval_dir')
   writer = tf1.summary.FileWriter(eval_dir)
   best, last_ckpt = 0.0, None
   while True:
@@ -83,9 +104,11 @@ def evaluate():
                    FLAGS.eval_interval_secs)
       time.sleep(FLAGS.eval_interval_secs)
       continue
-    precision, total, step = evaluator.evaluate(ckpt, FLAGS.eval_batch_count, config)
+    precision, total, info = evaluator.evaluate(ckpt, FLAGS.eval_batch_count, config)
+    step = info.step
     best = max(best, precision)
     last_ckpt = ckpt
+    write_result(eval_dir, hps, evaluator, info, precision, total)
     _summary(writer, step, precision, best)
     logging.info('step %d: precision %.4f, best precision %.4f (%d images)', step, precision,
                  best, total)

@@ -21,6 +21,7 @@ from conftest import (AUC_COLUMNS, MODELS, attack_args, describe, is_png,  # pyl
 import attack_runner  # pylint: disable=g-bad-import-order
 import dataset_input
 import detect_report
+import provenance
 import result_files
 
 N_ATTACK = 60
@@ -111,7 +112,7 @@ def test_table2_csv_parses_and_matches_sklearn_on_the_files(pipeline):
     rows = list(csv.DictReader(f))
   assert [r['Attack'].split(' (')[0] for r in rows] == ['FGSM', 'BIM']
   kernels = {m: result_files.load_kernel_params(result_files.kernel_dir('mnist', results),
-                                                m == 'RCE', 'mnist') for m in MODELS}
+                                                m == 'RCE', 'mnist')[0] for m in MODELS}
   checked = 0
   for row, attack in zip(rows, ('fgsm', 'bim')):
     for model in MODELS:
@@ -153,8 +154,8 @@ def test_roc_pngs_and_thresholding_numbers(pipeline):
     if row[0] != 'FGSM':
       continue
     model = row[1]
-    k = result_files.load_kernel_params(result_files.kernel_dir('mnist', results),
-                                        model == 'RCE', 'mnist')
+    k, _ = result_files.load_kernel_params(result_files.kernel_dir('mnist', results),
+                                           model == 'RCE', 'mnist')
     directory = result_files.attack_dir('fgsm', 'mnist', model == 'RCE', results_dir=results)
     data = result_files.load_attack_round(directory, EPS_ROUND - 1)
     for side, cells in (('nor', row[2:4]), ('adv', row[4:6])):
@@ -241,7 +242,7 @@ def test_cw_wb_successes_have_f2_nonpositive_and_reach_target(pipeline):
     assert summary['num_rounds'] == 1 and summary['eps'] == [None]
     stats = summary['attack_stats']
     data = result_files.load_attack_round(directory, 0)
-    kernel = result_files.load_kernel_params(
+    kernel, _ = result_files.load_kernel_params(
         result_files.kernel_dir('mnist', pipeline['wb_results']), model == 'RCE', 'mnist')
     targets = attack_runner.random_targets(data['labels_true'], 0)
     assert np.all(targets != data['labels_true'])
@@ -291,7 +292,7 @@ def test_f2_graph_function_matches_the_formula(pipeline):
     if not result_files.is_complete(directory):
       pytest.fail('no white-box results for %s: %s' % (model_name,
                                                        describe(pipeline['wb'][model_name])))
-    kernel = result_files.load_kernel_params(
+    kernel, _ = result_files.load_kernel_params(
         result_files.kernel_dir('mnist', pipeline['wb_results']), rce, 'mnist')
     adv = np.load(os.path.join(directory, 'adv_img.npy'))[0]
     labels = np.loadtxt(os.path.join(directory, 'labels_true')).astype(np.int64)
@@ -370,6 +371,14 @@ def test_results_of_another_dataset_are_rejected(pipeline, tmp_path):
     detect_report.detect(results, 'cifar10', EPS_ROUND)
 
 
+def _hand_made_provenance(model):
+  """The provenance of a hand-made result: one made-up model and data file for all."""
+  return provenance.record(
+      {'name': model, 'checkpoint': '/made/up/%s/model.ckpt-1' % model, 'global_step': 1,
+       'fingerprint': model * 8, 'num_residual_units': 1, 'use_bottleneck': False},
+      [{'path': '/made/up/data_test.bin', 'size': 1, 'sha256': '0' * 64}], {})
+
+
 def _hand_made_results(directory, n, rng, kept):
   """A result folder whose adversarial predictions equal the true labels except `kept`."""
   labels = np.arange(n) % 10
@@ -382,8 +391,10 @@ def _hand_made_results(directory, n, rng, kept):
             'logits_nor': feats, 'logits_adv': feats + 0.1, 'L2_distance': np.ones(n),
             'nor_img': np.zeros((n, 28, 28, 1), np.float32),
             'adv_img': np.zeros((1, n, 28, 28, 1), np.float32)}
+  model = os.path.basename(directory)
   summary = {'attack': 'carliniL2', 'dataset': 'mnist', 'num_examples': n, 'num_rounds': 1,
-             'eps': [None], 'rounds': [], 'attack_stats': {}}
+             'eps': [None], 'rounds': [], 'attack_stats': {}, 'model': model,
+             'provenance': _hand_made_provenance(model)}
   result_files.save_attack_results(directory, arrays, summary)
 
 
@@ -396,8 +407,10 @@ def test_no_kept_examples_gives_nc_not_a_number(tmp_path):
     feats = rng.normal(size=(200, 64))
     labels = np.arange(200) % 10
     params = detect_report.kernel_params(feats, labels, rce, per_class=15, subset=10)
+    model = result_files.model_name(rce)
     result_files.save_kernel_params(result_files.kernel_dir('mnist', results), rce, feats,
-                                    labels, params)
+                                    labels, params, {'dataset': 'mnist',
+                                                     'provenance': _hand_made_provenance(model)})
   text, per_attack = detect_report.detect(results, 'mnist', EPS_ROUND)
   assert all(r['n_kept'] == 0 for r in per_attack['carliniL2'].values())
   _, rows = markdown_table(text, '| Attack | Confidence')
