@@ -237,11 +237,15 @@ def build_network(hps, images, mode):
   return logits, feature, builder.update_ops
 
 
+def is_model_variable_name(name):
+  """Whether `name` is one of the network's variables (not an optimizer slot or attack state)."""
+  return (name.startswith(('init/', 'unit_', 'logit/'))
+          and name.rsplit('/', 1)[-1] in _VARIABLE_NAMES)
+
+
 def model_variables():
   """The network's variables in the default graph (not optimizer slots, not attack state)."""
-  return [v for v in tf1.global_variables()
-          if v.op.name.startswith(('init/', 'unit_', 'logit/'))
-          and v.op.name.rsplit('/', 1)[-1] in _VARIABLE_NAMES]
+  return [v for v in tf1.global_variables() if is_model_variable_name(v.op.name)]
 
 
 def make_model_fn(hps, rce=None):

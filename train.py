@@ -16,6 +16,7 @@ import tensorflow as tf
 import checkpoints
 import common_flags
 import dataset_input
+import io_utils
 import resnet_model
 import training
 
@@ -24,7 +25,6 @@ FLAGS = common_flags.FLAGS
 
 
 def define_flags():
-  common_flags.define_base_flags()
   common_flags.define_train_flags()
 
 
@@ -48,25 +48,24 @@ def _test_precision_hook(hps, spec, global_step, summary_dir):
 def train():
   """Builds the graph from the flags and runs the training loop."""
   common_flags.check_mode(['train'], 'train.py')
-  if not FLAGS.log_root:
-    raise ValueError('train.py needs --log_root (where checkpoints are written)')
+  common_flags.require_flags('train.py', 'train_data_path', 'log_root')
   spec = dataset_input.get_spec(FLAGS.dataset)
   files = dataset_input.validate_files(FLAGS.dataset, FLAGS.train_data_path)
   hps = common_flags.hparams_from_flags(FLAGS.batch_size)
   devices, config = training.tower_devices(FLAGS.num_gpus)
-  if FLAGS.batch_size % len(devices):
-    raise ValueError('--batch_size=%d does not divide over %d towers'
-                     % (FLAGS.batch_size, len(devices)))
   summary_dir = FLAGS.train_dir or os.path.join(FLAGS.log_root, 'train')
 
   ckpt = checkpoints.latest_checkpoint(FLAGS.log_root)
-  start_step = checkpoints.checkpoint_step(ckpt) if ckpt else 0
+  start_step = 0
   if ckpt:
+    start_step = checkpoints.require_finite(checkpoints.inspect(ckpt)).step
     logging.info('resuming from %s at step %d', ckpt, start_step)
   if start_step >= FLAGS.total_steps:
     logging.info('checkpoint step %d >= --total_steps=%d: nothing to do', start_step,
                  FLAGS.total_steps)
     return start_step
+  io_utils.check_writable_dir(FLAGS.log_root, '--log_root')
+  io_utils.check_writable_dir(summary_dir, '--train_dir')
 
   params, flops = resnet_model.count_params_and_flops(hps, dataset_input.image_shape(spec))
   logging.info('ResNet (%d units/stage, %s): %d trainable parameters, %.1f MFLOPs per image',
@@ -78,7 +77,8 @@ def train():
     ds = dataset_input.make_dataset(FLAGS.dataset, FLAGS.train_data_path, FLAGS.batch_size,
                                     train=True, seed=FLAGS.seed, files=files)
     images, labels = tf1.data.make_one_shot_iterator(ds).get_next()
-  graph = training.build_train_graph(hps, spec, images, labels, devices)
+  graph = training.build_train_graph(hps, spec, images, labels, devices,
+                                     common_flags.lr_schedule_from_flags())
   hooks = [tf1.train.StopAtStepHook(last_step=FLAGS.total_steps),
            tf1.train.NanTensorHook(graph.loss),
            training.LoggingHook(graph, FLAGS.log_steps, FLAGS.batch_size)]
@@ -86,10 +86,16 @@ def train():
   if test_hook:
     hooks.append(test_hook)
 
+  if ckpt:  # resumed: the checkpoint must fit this graph, optimizer slots included
+    checkpoints.check_compatible(ckpt, tf1.global_variables())
+  # Built last, so that its finiteness check covers every variable.
+  scaffold = tf1.train.Scaffold(saver=training.FiniteSaver(sharded=True, max_to_keep=5))
+
   logging.info('training on %s, global batch %d, to step %d', ', '.join(devices),
                FLAGS.batch_size, FLAGS.total_steps)
   with tf1.train.MonitoredTrainingSession(
       checkpoint_dir=FLAGS.log_root, summary_dir=summary_dir, hooks=hooks, config=config,
+      scaffold=scaffold,
       save_checkpoint_steps=FLAGS.checkpoint_steps, save_checkpoint_secs=None,
       save_summaries_steps=FLAGS.summary_steps, log_step_count_steps=None) as sess:
     while not sess.should_stop():
@@ -99,13 +105,24 @@ def train():
   return step
 
 
+def _stopped(what):
+  """ValueError for a training stopped on non-finite values, naming the last finite checkpoint."""
+  last = checkpoints.last_finite_checkpoint(FLAGS.log_root)
+  where = ('the last finite checkpoint is %s (step %d) and a rerun resumes from it'
+           % (last, checkpoints.checkpoint_step(last)) if last
+           else 'no checkpoint was written, so a rerun starts afresh')
+  return ValueError('%s; training stopped and nothing non-finite was saved: %s. Try a lower '
+                    'learning rate (--lr_values) or another --Optimizer.' % (what, where))
+
+
 def main():
   try:
     train()
   except tf1.train.NanLossDuringTrainingError:
-    raise ValueError('the training loss became NaN; stopped without saving it. The last good '
-                     'checkpoint in --log_root=%s is kept; try a lower learning rate or '
-                     'another --Optimizer.' % FLAGS.log_root)
+    raise _stopped('the training loss became NaN')
+  except training.NonFiniteError as e:
+    raise _stopped('the variables became non-finite by step %s (%s)'
+                   % (e.step, ', '.join(e.names[:3])))
 
 
 if __name__ == '__main__':

@@ -51,10 +51,12 @@ def tower_devices(num_gpus, gpus_present=None):
   return ['/cpu:%d' % i for i in range(num_gpus)], config
 
 
-def learning_rate(spec, global_step):
-  """The data set's piecewise-constant schedule (dataset_input.DATASETS) as a tensor."""
-  return tf1.train.piecewise_constant(global_step, list(spec.lr_boundaries),
-                                      [float(v) for v in spec.lr_values])
+def learning_rate(spec, global_step, schedule=None):
+  """The piecewise-constant schedule as a tensor: `schedule` = (boundaries, values), values[i]
+  from step boundaries[i-1] on, or by default the data set's (dataset_input.DATASETS)."""
+  boundaries, values = schedule or (spec.lr_boundaries, spec.lr_values)
+  return tf1.train.piecewise_constant(global_step, [int(b) for b in boundaries],
+                                      [float(v) for v in values])
 
 
 def make_optimizer(name, lr):
@@ -138,10 +140,13 @@ def build_test_precision(hps, dataset, pattern, batch_size, files=None):
   return iterator, correct, count
 
 
-def build_train_graph(hps, spec, images, labels, devices):
-  """The whole training step: towers, averaged gradients, one apply, BN updates."""
+def build_train_graph(hps, spec, images, labels, devices, schedule=None):
+  """The whole training step: towers, averaged gradients, one apply, BN updates.
+
+  `schedule` is (boundaries, values) of the learning rate (default: the data set's).
+  """
   global_step = tf1.train.get_or_create_global_step()
-  lr = learning_rate(spec, global_step)
+  lr = learning_rate(spec, global_step, schedule)
   optimizer = make_optimizer(hps.optimizer, lr)
   losses, tower_grads, logits, updates = build_towers(hps, images, labels, devices)
   grads_and_vars = average_gradients(tower_grads)
@@ -154,6 +159,34 @@ def build_train_graph(hps, spec, images, labels, devices):
   tf1.summary.scalar('learning_rate', lr)
   tf1.summary.scalar('precision', prec)
   return TrainGraph(train_op, loss, prec, lr, global_step, losses, grads_and_vars)
+
+
+class NonFiniteError(RuntimeError):
+  """The variables went non-finite; the checkpoint of `step` was not written."""
+
+  def __init__(self, step, names):
+    super().__init__('non-finite values at step %s in %s' % (step, ', '.join(names[:3])))
+    self.step, self.names = step, names
+
+
+class FiniteSaver(tf1.train.Saver):
+  """A Saver that checks every float variable (BN moving statistics and optimizer slots
+  included) before each save and refuses to write a checkpoint holding a NaN or infinity.
+
+  Build it after the whole training graph, so that it sees every variable.
+  """
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    floats = [v for v in tf1.global_variables() if v.dtype.base_dtype.is_floating]
+    self._names = [v.op.name for v in floats]
+    self._finite = tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in floats])
+
+  def save(self, sess, save_path, global_step=None, *args, **kwargs):  # pylint: disable=keyword-arg-before-vararg
+    finite = sess.run(self._finite)
+    if not finite.all():
+      raise NonFiniteError(global_step, [n for n, ok in zip(self._names, finite) if not ok])
+    return super().save(sess, save_path, global_step, *args, **kwargs)
 
 
 class LoggingHook(tf1.train.SessionRunHook):
