@@ -6,14 +6,19 @@
 
 Every stage is one of the README's commands (train.py, test_nor.py, test_adv.py, t_sne.py)
 run as a subprocess; the exact command lines, their wall times, the TensorFlow version and
-the devices go into the report. A stage whose outputs exist and are complete is skipped, so
-an interrupted run continues where it stopped.
+the devices go into the report. A stage is skipped when it ran before with the same command
+line and inputs (data checksums, the model's step and fingerprint, upstream run ids) and its
+output is still the one it wrote, so an interrupted run continues where it stopped and a
+changed flag or --steps reruns exactly the stages it affects. Stopping the driver (Ctrl-C,
+SIGTERM, even SIGKILL on Linux) stops its running stage too.
 """
 import argparse
+import glob
 import json
 import os
-import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -58,8 +63,44 @@ class StageError(RuntimeError):
   pass
 
 
+def _die_with_parent():
+  """In the child, before exec: get SIGTERM when the driver dies, even by SIGKILL (Linux)."""
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
+
+
+def _stop(proc):
+  """Terminates a running stage, and kills it if it does not go within 10 s."""
+  if proc.poll() is None:
+    proc.terminate()
+    try:
+      proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+
+
+def _as_json(value):
+  """`value` as it reads back from stages.json (tuples become lists), for comparisons."""
+  return json.loads(json.dumps(value))
+
+
+def _data_files(pattern):
+  return sorted(f for part in pattern.split(',') for f in glob.glob(part))
+
+
 class Driver(object):
-  """Runs the stages in order, skipping complete ones, and keeps a record for the report."""
+  """Runs the stages in order, skipping those whose inputs and outputs are unchanged.
+
+  Each stage's record in stages.json holds its key (the command line and the identities of
+  what it reads: data checksums, the model's step and fingerprint, upstream run ids) and the
+  identity of its output (a run id, a checkpoint, a checksum). A stage is skipped only when
+  the key it would run with now equals the recorded one and its output still has the recorded
+  identity, so changing a flag or --steps reruns exactly the stages it affects.
+  """
 
   def __init__(self, args):
     self.args = args
@@ -74,54 +115,101 @@ class Driver(object):
       with open(self.state_path) as f:
         self.state = json.load(f)
     self.order = []
+    self.data_ids = {}
 
   # -- stage plumbing
-  def run(self, name, cmd, done=None, cwd=None):
-    """Runs `cmd` unless it ran before and `done()` (its outputs are complete).
+  @staticmethod
+  def _identity(output):
+    """The stage output's identity, or None when it is missing, incomplete or corrupt."""
+    import result_files  # pylint: disable=g-import-not-at-top
+    try:
+      return _as_json(output())
+    except (result_files.ResultsError, ValueError, KeyError, OSError):
+      return None
 
-    Records the command line, its wall time and the tail of its output in stages.json.
+  def run(self, name, cmd, inputs, output, prepare=None, keep=None, cwd=None):
+    """Runs `cmd` unless it ran before with the same key and its output is unchanged.
+
+    Args:
+      name: stage name (stages.json, logs/{name}.log).
+      cmd: the command (sys.executable, script, flags...).
+      inputs: JSON-able identities of what the stage reads (with the command: its key).
+      output: callable -> the identity of the stage's output, None if missing or incomplete.
+      prepare: callable run just before the command (only when it runs).
+      keep: more JSON-able facts to keep in the stage's record.
+      cwd: working directory (default the results folder).
     """
     self.order.append(name)
-    done = done or (lambda: True)
     display = ' '.join(shlex.quote(c) for c in ['python'] + cmd[1:])
-    if name in self.state and done():
-      print('[skip] %s (complete)' % name, flush=True)
-      self.state[name]['skipped'] = True
-      return self.state[name]
+    key = _as_json({'command': display, 'inputs': inputs})
+    record = self.state.get(name)
+    if record and record.get('key') == key and self._identity(output) == record['output']:
+      print('[skip] %s (complete, inputs unchanged)' % name, flush=True)
+      record['skipped'] = True
+      return record
+    if record:
+      why = 'its inputs changed' if record.get('key') != key else 'its output is gone or changed'
+      print('[redo] %s: %s since it last ran' % (name, why), flush=True)
+    if prepare:
+      prepare()
     print('[run ] %s: %s' % (name, display), flush=True)
     log = os.path.join(self.out, 'logs', name + '.log')
+    self.state.pop(name, None)
+    io_utils.atomic_write_json(self.state_path, self.state)
     start = time.time()
     with open(log, 'w') as f:
-      rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd or self.results)
+      proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd or self.results,
+                              preexec_fn=_die_with_parent)
+      try:
+        rc = proc.wait()
+      except BaseException:  # the driver is stopped (SIGTERM, Ctrl-C): so is the stage
+        _stop(proc)
+        raise
     wall = time.time() - start
-    if rc != 0 or not done():
+    identity = self._identity(output) if rc == 0 else None
+    if identity is None:
       with open(log) as f:
         tail = ''.join(f.readlines()[-15:])
-      raise StageError('stage %s failed (exit %d); log %s:\n%s' % (name, rc, log, tail))
+      raise StageError('stage %s failed (exit %d%s); log %s:\n%s' % (
+          name, rc, ', output incomplete' if rc == 0 else '', log, tail))
     with open(log) as f:
-      output = f.read()
-    self.state[name] = {'command': display, 'wall_s': round(wall, 1), 'output_tail':
-                        output[-2000:]}
+      output_tail = f.read()[-2000:]
+    self.state[name] = dict(keep or {}, command=display, key=key, output=identity,
+                            wall_s=round(wall, 1), output_tail=output_tail)
     io_utils.atomic_write_json(self.state_path, self.state)
     print('[done] %s in %.1f s' % (name, wall), flush=True)
     return self.state[name]
+
+  def outputs(self, *names):
+    """{stage: output identity} of finished upstream stages: a downstream stage's inputs."""
+    return {n: self.state[n]['output'] for n in names}
 
   def script(self, name, *flags):
     return [sys.executable, os.path.join(HERE, name)] + list(flags)
 
   # -- the pipeline
   def data(self):
+    """The data files (converting the bundled digits if needed) and their checksums."""
+    import provenance  # pylint: disable=g-import-not-at-top
     args = self.args
     if args.preset != 'full' and args.dataset == 'mnist' and not args.data_dir:
       data_dir = os.path.join(self.out, 'digits_dataset')
+      paths = [os.path.join(data_dir, n) for n in ('data_train.bin', 'data_test.bin')]
       self.run('data', self.script('dataset_input.py', '--convert=digits',
-                                   '--out_dir=%s' % data_dir),
-               lambda: os.path.exists(os.path.join(data_dir, 'data_test.bin')))
+                                   '--out_dir=%s' % data_dir), {},
+               lambda: [io_utils.sha256_file(p) for p in paths])
     else:
       data_dir = os.path.abspath(args.data_dir or '%s_dataset' % args.dataset)
     if args.dataset == 'mnist':
-      return (os.path.join(data_dir, 'data_train.bin'), os.path.join(data_dir, 'data_test.bin'))
-    return (os.path.join(data_dir, 'data_batch_*.bin'), os.path.join(data_dir, 'test_batch.bin'))
+      paths = (os.path.join(data_dir, 'data_train.bin'), os.path.join(data_dir, 'data_test.bin'))
+    else:
+      paths = (os.path.join(data_dir, 'data_batch_*.bin'), os.path.join(data_dir, 'test_batch.bin'))
+    for part, pattern in zip(('train', 'test'), paths):
+      files = _data_files(pattern)
+      if not files:
+        raise StageError('no data file matches %s (--data_dir=%s)' % (pattern, data_dir))
+      self.data_ids[part] = provenance.data_identity(provenance.data_record(files))
+    return paths
 
   def model_flags(self, rce):
     return ['--dataset=%s' % self.args.dataset, '--num_gpus=%d' % self.args.num_gpus,
@@ -132,32 +220,60 @@ class Driver(object):
     return os.path.join(self.out, 'models_%s' % self.args.dataset, 'RCE' if rce else 'CE')
 
   def train(self, rce, train_path):
-    import checkpoints
-    steps = self.preset['steps'][self.args.dataset]
-    if self.args.steps:
-      steps = self.args.steps
+    import checkpoints  # pylint: disable=g-import-not-at-top
+    steps = self.args.steps or self.preset['steps'][self.args.dataset]
+    name = 'train_%s' % ('RCE' if rce else 'CE')
+    log_root = self.log_root(rce)
+    flags = ['--train_data_path=%s' % train_path,
+             '--train_dir=%s' % os.path.join(log_root, 'train'), '--mode=train',
+             '--Optimizer=mom', '--checkpoint_steps=%d' % self.preset['checkpoint_steps'],
+             '--test_every_steps=%d' % self.preset['checkpoint_steps']] + self.model_flags(rce)
+    # What the checkpoints in log_root depend on, besides how far they went.
+    lineage = _as_json({'flags': flags, 'data': self.data_ids})
 
-    def done():
-      ckpt = checkpoints.latest_checkpoint(self.log_root(rce))
-      return ckpt is not None and checkpoints.checkpoint_step(ckpt) >= steps
+    def output():
+      ckpt = checkpoints.latest_checkpoint(log_root)
+      info = checkpoints.inspect(ckpt) if ckpt else None
+      if info is None or info.step != steps or info.nonfinite:
+        return None
+      return {'step': info.step, 'fingerprint': info.fingerprint}
 
-    self.run('train_%s' % ('RCE' if rce else 'CE'), self.script(
-        'train.py', '--train_data_path=%s' % train_path,
-        '--train_dir=%s' % os.path.join(self.log_root(rce), 'train'), '--mode=train',
-        '--Optimizer=mom', '--total_steps=%d' % steps,
-        '--checkpoint_steps=%d' % self.preset['checkpoint_steps'],
-        '--test_every_steps=%d' % self.preset['checkpoint_steps'],
-        *self.model_flags(rce)), done)
+    def prepare():
+      """Training resumes from the checkpoints in log_root only if they are on its way."""
+      ckpt = checkpoints.latest_checkpoint(log_root)
+      if ckpt is None:
+        return
+      step = checkpoints.checkpoint_step(ckpt)
+      recorded = self.state.get(name, {}).get('lineage', lineage)
+      if step > steps or recorded != lineage:
+        print('[note] %s: removing %s (step %d, %s): it cannot be resumed to step %d'
+              % (name, log_root, step, 'made with other flags or data' if recorded != lineage
+                 else 'past the steps asked for', steps), flush=True)
+        shutil.rmtree(log_root)
+
+    self.run(name, self.script('train.py', '--total_steps=%d' % steps, *flags),
+             {'data': self.data_ids}, output, prepare, keep={'lineage': lineage})
+
+  def eval_dir(self, rce):
+    return os.path.join(self.log_root(rce), 'eval')
 
   def test_nor(self, rce, test_path):
-    name = 'test_nor_%s' % ('RCE' if rce else 'CE')
-    record = self.run(name, self.script(
-        'test_nor.py', '--eval_data_path=%s' % test_path,
-        '--eval_dir=%s' % os.path.join(self.log_root(rce), 'eval'), '--mode=eval',
-        '--eval_once', '--eval_batch_count=%d' % (100 if self.args.preset == 'full' else 50),
-        *self.model_flags(rce)))
-    match = re.search(r'precision: ([0-9.]+).*images: (\d+)', record['output_tail'])
-    return float(match.group(1)), int(match.group(2))
+    import result_files  # pylint: disable=g-import-not-at-top
+    model = 'RCE' if rce else 'CE'
+    eval_dir = self.eval_dir(rce)
+    self.run('test_nor_%s' % model, self.script(
+        'test_nor.py', '--eval_data_path=%s' % test_path, '--eval_dir=%s' % eval_dir,
+        '--mode=eval', '--eval_once',
+        '--eval_batch_count=%d' % (100 if self.args.preset == 'full' else 50),
+        *self.model_flags(rce)),
+             dict(self.outputs('train_%s' % model), data=self.data_ids['test']),
+             lambda: result_files.run_id(result_files.load_verified_summary(
+                 eval_dir, result_files.CLEAN_RESULT)))
+
+  def clean_result(self, rce):
+    """test_nor's precision.json of one model (verified)."""
+    import result_files  # pylint: disable=g-import-not-at-top
+    return result_files.load_verified_summary(self.eval_dir(rce), result_files.CLEAN_RESULT)
 
   def attack_flags(self):
     p = self.preset
@@ -168,78 +284,95 @@ class Driver(object):
             '--cw_batch_size=%d' % p['cw']['batch'], '--jsma_max_iter=%d' % p['jsma_max_iter']]
 
   def attack(self, attack, rce, test_path):
-    import result_files
+    import result_files  # pylint: disable=g-import-not-at-top
+    model = 'RCE' if rce else 'CE'
     directory = result_files.attack_dir(attack, self.args.dataset, rce,
                                         results_dir=self.results)
     flags = [] if attack != 'jsma' else ['--eps=%g' % (0.02 * self.preset['eps_round'])]
-    self.run('attack_%s_%s' % (attack, 'RCE' if rce else 'CE'), self.script(
+    upstream = ['train_%s' % model]
+    if attack == 'carliniL2_specific':
+      upstream.append('kernel_para_%s' % model)
+    self.run('attack_%s_%s' % (attack, model), self.script(
         'test_adv.py', '--eval_data_path=%s' % test_path, '--Optimizer=mom', '--mode=attack',
         '--attack_method=%s' % attack, *(self.model_flags(rce) + self.attack_flags() + flags)),
-        lambda: result_files.is_complete(directory))
+             dict(self.outputs(*upstream), data=self.data_ids['test']),
+             lambda: result_files.run_id(result_files.load_verified_summary(directory)))
 
   def kernel_para(self, rce, train_path):
-    import result_files
-    path = os.path.join(result_files.kernel_dir(self.args.dataset, self.results),
-                        'kernel_%s.npz' % ('RCE' if rce else 'CE'))
-    self.run('kernel_para_%s' % ('RCE' if rce else 'CE'), self.script(
+    import result_files  # pylint: disable=g-import-not-at-top
+    model = 'RCE' if rce else 'CE'
+    directory = result_files.kernel_dir(self.args.dataset, self.results)
+    self.run('kernel_para_%s' % model, self.script(
         'test_adv.py', '--train_data_path=%s' % train_path, '--mode=kernel_para',
         '--results_dir=%s' % self.results,
         '--eval_batch_count=%d' % self.preset['kernel_batches'], *self.model_flags(rce)),
-        lambda: os.path.exists(path))
+             dict(self.outputs('train_%s' % model), data=self.data_ids['train']),
+             lambda: result_files.run_id(result_files.load_verified_summary(
+                 directory, result_files.kernel_summary_name(rce))))
 
-  def detect(self):
-    self.state.pop('detect', None)  # cheap, and must reflect every attack present
+  def detect(self, attack_stages):
+    import result_files  # pylint: disable=g-import-not-at-top
+    directory = os.path.join(self.results, 'detect_%s' % self.args.dataset)
     return self.run('detect', self.script(
         'test_adv.py', '--mode=detect', '--dataset=%s' % self.args.dataset,
-        '--results_dir=%s' % self.results, '--eps_round=%d' % self.preset['eps_round']))
+        '--results_dir=%s' % self.results, '--eps_round=%d' % self.preset['eps_round']),
+                    self.outputs(*(attack_stages + ['kernel_para_CE', 'kernel_para_RCE'])),
+                    lambda: result_files.run_id(result_files.load_verified_summary(directory)))
 
   def tsne(self, attack):
     out = os.path.join(self.results, 'detect_%s' % self.args.dataset, 'tsne_%s.png' % attack)
     self.run('tsne_%s' % attack, self.script(
         't_sne.py', '--dataset=%s' % self.args.dataset, '--attack_method=%s' % attack,
         '--results_dir=%s' % self.results, '--eps_round=%d' % self.preset['eps_round'],
-        '--tsne_out=%s' % out), lambda: os.path.exists(out))
+        '--tsne_out=%s' % out),
+             self.outputs('attack_%s_CE' % attack, 'attack_%s_RCE' % attack),
+             lambda: io_utils.sha256_file(out))
     return out
 
   def pipeline(self):
     start = time.time()
     train_path, test_path = self.data()
-    clean = {}
     for rce in (False, True):
       self.train(rce, train_path)
-      clean['RCE' if rce else 'CE'] = self.test_nor(rce, test_path)
+      self.test_nor(rce, test_path)
+    attack_stages = []
     for attack in SWEPT + CW:
       for rce in (False, True):
         self.attack(attack, rce, test_path)
+        attack_stages.append(self.order[-1])
     for rce in (False, True):
       self.kernel_para(rce, train_path)
     for rce in (False, True):
       self.attack('carliniL2_specific', rce, test_path)
-    self.detect()
+      attack_stages.append(self.order[-1])
+    self.detect(attack_stages)
     tsne = [self.tsne(a) for a in self.preset['tsne']]
-    self.write_report(clean, tsne, time.time() - start)
+    self.write_report(tsne, time.time() - start)
 
   # -- the report
   def table3(self):
-    import result_files
+    import result_files  # pylint: disable=g-import-not-at-top
     lines = ['| Model | ratio of f2(x*) > 0 | mean minimal L2 distortion | target reached |',
              '|---|---|---|---|']
     for rce in (False, True):
       directory = result_files.attack_dir('carliniL2_specific', self.args.dataset, rce,
                                           results_dir=self.results)
-      stats = result_files.load_summary(directory)['attack_stats']
+      stats = result_files.load_verified_summary(directory)['attack_stats']
       fmt = lambda v: 'n/c (no example reached its target)' if v is None else '%.4f' % v
       lines.append('| %s | %s | %s | %.4f |' % (
           'RCE' if rce else 'CE', fmt(stats['ratio_f2_positive']),
           fmt(stats['mean_l2_distortion']), stats['target_reached_rate']))
     return '\n'.join(lines) + '\n'
 
-  def write_report(self, clean, tsne, total_wall):
-    import tensorflow as tf
-    table1 = ['| Model | test error | images |', '|---|---|---|']
-    for model in ('CE', 'RCE'):
-      precision, n = clean[model]
-      table1.append('| %s | %.2f %% | %d |' % (model, 100.0 * (1.0 - precision), n))
+  def write_report(self, tsne, total_wall):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    table1 = ['| Model | test error | images | checkpoint step | model fingerprint |',
+              '|---|---|---|---|---|']
+    for rce in (False, True):
+      clean = self.clean_result(rce)
+      table1.append('| %s | %.2f %% | %d | %d | %s |' % (
+          'RCE' if rce else 'CE', 100.0 * (1.0 - clean['precision']), clean['images'],
+          clean['checkpoint_step'], clean['provenance']['model']['fingerprint'][:16]))
     detect_dir = os.path.join(self.results, 'detect_%s' % self.args.dataset)
     with open(os.path.join(detect_dir, 'table2.md')) as f:
       table2 = f.read()
@@ -270,9 +403,27 @@ class Driver(object):
     print('wrote %s' % os.path.join(self.out, 'RESULTS.md'))
 
 
+class _StrictParser(argparse.ArgumentParser):
+  """argparse without abbreviations (--step is not --steps) and with one-line errors."""
+
+  def __init__(self, **kwargs):
+    super().__init__(allow_abbrev=False, **kwargs)
+
+  def error(self, message):
+    sys.exit('error: %s (see python reproduce.py --help)' % message)
+
+
+def _count(text):
+  """argparse type of the counts: an integer >= 0."""
+  value = int(text)
+  if value < 0:
+    raise argparse.ArgumentTypeError('must be >= 0, got %d' % value)
+  return value
+
+
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = _StrictParser(description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   group = parser.add_mutually_exclusive_group()
   group.add_argument('--tiny', dest='preset', action='store_const', const='tiny')
   group.add_argument('--full', dest='preset', action='store_const', const='full')
@@ -281,9 +432,10 @@ def parse_args(argv):
   parser.add_argument('--data_dir', default='', help='Folder of the data files (default: '
                       'the bundled digits for mnist without --full, else {dataset}_dataset).')
   parser.add_argument('--out_dir', default='', help='Default reproduce_{preset}.')
-  parser.add_argument('--num_gpus', type=int, default=None,
+  parser.add_argument('--num_gpus', type=_count, default=None,
                       help='Towers; default: every GPU present (0: the CPU).')
-  parser.add_argument('--steps', type=int, default=0, help='Override the training steps.')
+  parser.add_argument('--steps', type=_count, default=0,
+                      help='Override the training steps (0: the preset\'s).')
   args = parser.parse_args(argv)
   if args.dataset == 'cifar10' and args.preset != 'full' and not args.data_dir:
     parser.error('--dataset=cifar10 needs --data_dir with the CIFAR-10 binary files')
@@ -293,13 +445,22 @@ def parse_args(argv):
   return args
 
 
+def _exit_on_signal(signum, frame):
+  del frame
+  sys.exit(128 + signum)  # unwinds through Driver.run, which stops the running stage
+
+
 def main(argv=None):
   sys.path.insert(0, HERE)
-  driver = Driver(parse_args(argv))
+  args = parse_args(argv)
+  for sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(sig, _exit_on_signal)
   try:
-    driver.pipeline()
+    Driver(args).pipeline()
   except StageError as e:
     sys.exit('error: %s' % e)
+  except OSError as e:
+    sys.exit('error: %s: %s' % (e.strerror or e, e.filename))
 
 
 if __name__ == '__main__':

@@ -177,3 +177,76 @@ def test_rerun_after_interruption_skips_finished_stages_and_gives_same_tables(fi
   _, timing = markdown_table(section(text, '## Wall time'), '| Stage')
   marks = {r[0]: r[2] if len(r) > 2 else '' for r in timing}
   assert marks['train_CE'] == 'from an earlier run' and marks['attack_bim_RCE'] == ''
+
+
+def _children(pid):
+  """Process ids of the children of `pid` (Linux /proc)."""
+  try:
+    with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
+      return [int(p) for p in f.read().split()]
+  except OSError:
+    return []
+
+
+def _alive(pid):
+  """Whether process `pid` exists and is not a zombie."""
+  try:
+    with open('/proc/%d/stat' % pid) as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except OSError:
+    return False
+
+
+def test_new_steps_rerun_exactly_what_they_affect_then_nothing(first_run):
+  """--steps changed: stopping the driver stops its stage; the rerun redoes the training and
+  every stage downstream of it (not the data); a third run with the same flags skips all."""
+  _require(first_run)
+  out = first_run['out']
+  args = ['reproduce.py', '--tiny', '--steps=70', '--out_dir=%s' % out]
+  log_path = os.path.join(out, 'stopped.log')
+  with open(log_path, 'w') as log:
+    proc = popen_script(args, stdout=log, stderr=subprocess.STDOUT)
+  child = None
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and child is None:
+      with open(log_path) as f:
+        if '[run ] train_CE' in f.read():
+          child = next(iter(_children(proc.pid)), None)
+      time.sleep(0.1)
+    assert child is not None, open(log_path).read()
+    proc.send_signal(signal.SIGTERM)  # the driver alone, not its process group
+    proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode != 0
+  deadline = time.time() + 20
+  while _alive(child) and time.time() < deadline:
+    time.sleep(0.1)
+  assert not _alive(child), 'the running stage outlived the driver'
+
+  rerun = run_script(args, timeout=900)
+  assert rerun.returncode == 0, describe(rerun)
+  stdout = rerun.stdout
+  assert '[skip] data' in stdout, stdout
+  for stage in STAGES[1:]:
+    assert '[run ] %s:' % stage in stdout, (stage, stdout)
+  with open(os.path.join(out, 'RESULTS.md')) as f:
+    text = f.read()
+  header, rows = markdown_table(section(text, '## Table 1'), '| Model')
+  assert header[3] == 'checkpoint step', header
+  assert [r[3] for r in rows] == ['70', '70'], rows
+  with open(os.path.join(out, 'logs', 'train_CE.log')) as f:
+    assert re.search(r'resuming from \S+model\.ckpt-60 at step 60', f.read())
+
+  third = run_script(args, timeout=600)
+  assert third.returncode == 0, describe(third)
+  assert '[run ]' not in third.stdout, third.stdout
+  for stage in STAGES:
+    assert '[skip] %s' % stage in third.stdout, stage
+  with open(os.path.join(out, 'RESULTS.md')) as f:
+    again = f.read()
+  for prefix in ('## Table 1', '## Table 2', '## Table 3'):
+    assert section(again, prefix) == section(text, prefix), prefix
