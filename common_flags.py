@@ -16,6 +16,7 @@ from absl import app
 from absl import logging
 import tensorflow as tf
 
+import attack_names
 import checkpoints
 import dataset_input
 import resnet_model
@@ -37,6 +38,11 @@ def _once(group):
   return decorate
 
 
+def _count(name, default, help_text):
+  """An integer flag that must be at least 1 (absl rejects 0 and negatives when parsing)."""
+  flags.DEFINE_integer(name, default, help_text, lower_bound=1)
+
+
 @_once('base')
 def define_base_flags():
   """Data set, model shape, checkpoint location and devices (every script)."""
@@ -47,8 +53,7 @@ def define_base_flags():
   flags.DEFINE_integer('num_gpus', 0, 'GPUs (towers) to use; 0 is the CPU. With fewer GPUs '
                        'than asked for, the towers run on as many virtual CPU devices.',
                        lower_bound=0)
-  flags.DEFINE_integer('num_residual_units', 5, 'Residual units per stage: 5 is ResNet-32, '
-                       '9 is ResNet-56.', lower_bound=1)
+  _count('num_residual_units', 5, 'Residual units per stage: 5 is ResNet-32, 9 is ResNet-56.')
   flags.DEFINE_bool('use_bottleneck', False, 'Bottleneck residual units.')
   flags.DEFINE_enum('Optimizer', 'mom', ['sgd', 'mom', 'adam', 'rmsprop'], 'Optimizer.')
   flags.DEFINE_bool('RCE_train', False, 'Train with / evaluate as Reverse Cross-Entropy.')
@@ -66,20 +71,14 @@ def define_train_flags():
   """train.py."""
   define_base_flags()
   flags.DEFINE_string('train_dir', '', 'TensorBoard summaries of training.')
-  flags.DEFINE_integer('total_steps', 20000, 'Training stops exactly at this global step.',
-                       lower_bound=1)
-  flags.DEFINE_integer('batch_size', 128, 'Global batch, split evenly over the towers.',
-                       lower_bound=1)
-  flags.DEFINE_integer('checkpoint_steps', 2500, 'Checkpoint every this many steps.',
-                       lower_bound=1)
-  flags.DEFINE_integer('summary_steps', 100, 'Summaries every this many steps.',
-                       lower_bound=1)
-  flags.DEFINE_integer('log_steps', 100, 'Log loss, precision and steps/s every this many.',
-                       lower_bound=1)
+  _count('total_steps', 20000, 'Training stops exactly at this global step.')
+  _count('batch_size', 128, 'Global batch, split evenly over the towers.')
+  _count('checkpoint_steps', 2500, 'Checkpoint every this many steps.')
+  _count('summary_steps', 100, 'Summaries every this many steps.')
+  _count('log_steps', 100, 'Log loss, precision and steps/s every this many.')
   flags.DEFINE_integer('test_every_steps', 2500, 'Test precision every this many steps '
                        '(0: never).', lower_bound=0)
-  flags.DEFINE_integer('test_batches', 10, 'Batches of 100 test images per test precision.',
-                       lower_bound=1)
+  _count('test_batches', 10, 'Batches of 100 test images per test precision.')
   flags.register_multi_flags_validator(
       ['batch_size', 'num_gpus'], lambda f: f['batch_size'] % max(f['num_gpus'], 1) == 0,
       message='--batch_size must divide evenly over the --num_gpus towers')
@@ -124,18 +123,16 @@ def lr_schedule_from_flags():
 def define_eval_flags():
   """test_nor.py (and the batch counts of test_adv.py)."""
   flags.DEFINE_string('eval_dir', '', 'TensorBoard summaries of evaluation.')
-  flags.DEFINE_integer('eval_batch_count', 50, 'Number of eval batches.', lower_bound=1)
-  flags.DEFINE_integer('eval_batch_size', 100, 'Images per eval batch.', lower_bound=1)
+  _count('eval_batch_count', 50, 'Number of eval batches.')
+  _count('eval_batch_size', 100, 'Images per eval batch.')
   flags.DEFINE_bool('eval_once', False, 'Evaluate the latest checkpoint once and exit.')
-  flags.DEFINE_integer('eval_interval_secs', 60, 'Seconds between checkpoint polls.',
-                       lower_bound=1)
+  _count('eval_interval_secs', 60, 'Seconds between checkpoint polls.')
 
 
 @_once('attack')
 def define_attack_flags():
   """test_adv.py: attacks, kernel parameters and detection."""
-  import attacks  # only test_adv.py needs the registry
-  flags.DEFINE_enum('attack_method', 'fgsm', list(attacks.ATTACK_NAMES), 'The attack.')
+  flags.DEFINE_enum('attack_method', 'fgsm', list(attack_names.ATTACK_NAMES), 'The attack.')
   flags.DEFINE_float('eps', 0.0, 'A single eps for the eps attacks, in (0, 1]; 0 sweeps '
                      '0.02..0.20.')
   flags.register_validator('eps', lambda v: v == 0 or 0 < v <= 1,
@@ -144,37 +141,33 @@ def define_attack_flags():
                       '{results_dir}/{attack}_{dataset}/{RCE|CE}.')
   flags.DEFINE_string('results_dir', '.', 'Folder of kernel_para_{dataset}/ and the attack '
                       'results (default layout).')
-  flags.DEFINE_integer('attack_batch_size', 200, 'Images per attack batch (eps attacks).',
-                       lower_bound=1)
-  flags.DEFINE_integer('bim_nb_iter', 10, 'Steps of BIM and ILCM (each eps/steps).',
-                       lower_bound=1)
-  flags.DEFINE_integer('jsma_max_iter', 100, 'Most pixels JSMA changes per image.',
-                       lower_bound=1)
-  flags.DEFINE_integer('cw_batch_size', 100, 'Images per C&W batch.', lower_bound=1)
-  flags.DEFINE_integer('cw_max_iterations', 10000, 'Adam iterations per C&W binary-search '
-                       'step (abort early when the loss stalls).', lower_bound=1)
-  flags.DEFINE_integer('cw_binary_search_steps', 9, 'Binary-search steps over c.',
-                       lower_bound=1)
+  _count('attack_batch_size', 200, 'Images per attack batch (eps attacks).')
+  _count('bim_nb_iter', 10, 'Steps of BIM and ILCM (each eps/steps).')
+  _count('jsma_max_iter', 100, 'Most pixels JSMA changes per image.')
+  _count('cw_batch_size', 100, 'Images per C&W batch.')
+  _count('cw_max_iterations', 10000, 'Adam iterations per C&W binary-search step (abort '
+         'early when the loss stalls).')
+  _count('cw_binary_search_steps', 9, 'Binary-search steps over c.')
   flags.DEFINE_float('cw_learning_rate', 0.01, 'C&W Adam learning rate.')
   flags.DEFINE_float('cw_initial_const', 1.0, 'Initial c of C&W.')
   for name in ('cw_learning_rate', 'cw_initial_const'):
     flags.register_validator(name, lambda v: v > 0, message='--%s must be > 0' % name)
-  flags.DEFINE_integer('kernel_per_class', 1000, 'Kernel points per class (kernel_para).',
-                       lower_bound=1)
-  flags.DEFINE_integer('kernel_subset', 100, 'Kernel points per class of the white-box '
-                       'attack (kernel_para).', lower_bound=1)
+  _count('kernel_per_class', 1000, 'Kernel points per class (kernel_para).')
+  _count('kernel_subset', 100, 'Kernel points per class of the white-box attack '
+         '(kernel_para).')
   flags.register_multi_flags_validator(
       ['kernel_per_class', 'kernel_subset'],
       lambda f: f['kernel_subset'] <= f['kernel_per_class'],
       message='--kernel_subset cannot exceed --kernel_per_class (it is drawn from them)')
-  flags.DEFINE_integer('eps_round', 8, 'eps round of the swept attacks that detect reports '
-                       '(1-based: 8 is eps 0.16).', lower_bound=1)
+  _count('eps_round', 8, 'eps round of the swept attacks that detect reports (1-based: 8 is '
+         'eps 0.16).')
 
 
-def hparams_from_flags(batch_size=128):
-  """The immutable model hyper-parameters of the parsed flags."""
+def hparams_from_flags():
+  """The immutable model hyper-parameters of the parsed flags (classes from the data set)."""
   return resnet_model.default_hparams(
-      batch_size=batch_size, num_residual_units=FLAGS.num_residual_units,
+      num_classes=dataset_input.get_spec(FLAGS.dataset).num_classes,
+      num_residual_units=FLAGS.num_residual_units,
       use_bottleneck=FLAGS.use_bottleneck, optimizer=FLAGS.Optimizer,
       RCE_train=FLAGS.RCE_train)
 

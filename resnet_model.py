@@ -17,15 +17,14 @@ import tensorflow as tf
 tf1 = tf.compat.v1
 
 HParams = collections.namedtuple('HParams', [
-    'batch_size', 'num_classes', 'min_lrn_rate', 'lrn_rate', 'num_residual_units',
-    'use_bottleneck', 'weight_decay_rate', 'relu_leakiness', 'optimizer', 'RCE_train'])
+    'num_classes', 'lrn_rate', 'num_residual_units', 'use_bottleneck', 'weight_decay_rate',
+    'relu_leakiness', 'optimizer', 'RCE_train'])
 
 
 def default_hparams(**overrides):
   """The paper's hyper-parameters (ResNet-32, momentum, CE); keyword arguments override."""
-  hps = HParams(batch_size=128, num_classes=10, min_lrn_rate=0.0001, lrn_rate=0.1,
-                num_residual_units=5, use_bottleneck=False, weight_decay_rate=0.0002,
-                relu_leakiness=0.1, optimizer='mom', RCE_train=False)
+  hps = HParams(num_classes=10, lrn_rate=0.1, num_residual_units=5, use_bottleneck=False,
+                weight_decay_rate=0.0002, relu_leakiness=0.1, optimizer='mom', RCE_train=False)
   return hps._replace(**overrides)
 
 
@@ -218,23 +217,30 @@ class _Builder(object):
     return logits, feature
 
 
+Network = collections.namedtuple('Network', ['logits', 'raw_logits', 'feature', 'update_ops'])
+
+
 def build_network(hps, images, mode):
   """Builds (or reuses) the ResNet on `images`.
 
   Args:
-    hps: HParams.
+    hps: HParams (`RCE_train` decides the prediction logits, `num_classes` their width).
     images: [B, H, W, C] float32 in [-0.5, 0.5]; C is taken from the input.
     mode: 'train' (batch statistics, BN updates returned) or 'eval' (moving statistics).
 
   Returns:
-    logits: [B, num_classes] raw logits Z (not flipped).
-    feature: [B, 64] output of the global average pool (the detector's feature).
-    update_ops: BN moving-average updates (empty in eval mode).
+    Network:
+      logits: [B, num_classes] the logits every consumer of predictions uses (accuracy,
+        attacks, confidence, detection): the RCE flip is applied here, once.
+      raw_logits: [B, num_classes] the network's output Z, for the CE / RCE loss.
+      feature: [B, 64] output of the global average pool (the detector's feature).
+      update_ops: BN moving-average updates (empty in eval mode).
   """
   builder = _Builder(hps, mode)
   with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
-    logits, feature = builder.network(images)
-  return logits, feature, builder.update_ops
+    raw_logits, feature = builder.network(images)
+  return Network(flip_logits(raw_logits, hps.RCE_train), raw_logits, feature,
+                 builder.update_ops)
 
 
 def is_model_variable_name(name):
@@ -248,48 +254,23 @@ def model_variables():
   return [v for v in tf1.global_variables() if is_model_variable_name(v.op.name)]
 
 
-def make_model_fn(hps, rce=None):
-  """Returns model_fn(x) -> (flipped logits [B,10], feature [B,64]) in eval mode, shared vars.
+def make_model_fn(hps):
+  """Returns model_fn(x) -> (prediction logits [B,K], feature [B,64]) in eval mode, shared vars.
 
-  This is the logits function attacks, accuracy and detection take: it applies the RCE flip,
-  so none of them needs to know how the model was trained.
+  This is the function attacks, accuracy and detection take: its logits are the network's
+  prediction logits, so none of them needs to know how the model was trained.
   """
-  rce = hps.RCE_train if rce is None else rce
-
   def model_fn(x):
-    logits, feature, _ = build_network(hps, x, 'eval')
-    return flip_logits(logits, rce), feature
+    net = build_network(hps, x, 'eval')
+    return net.logits, net.feature
 
   return model_fn
 
 
-def make_logits_fn(hps, rce=None):
-  """Returns logits_fn(x) -> flipped logits [B, 10] (see make_model_fn)."""
-  model_fn = make_model_fn(hps, rce)
+def make_logits_fn(hps):
+  """Returns logits_fn(x) -> prediction logits [B, K] (see make_model_fn)."""
+  model_fn = make_model_fn(hps)
   return lambda x: model_fn(x)[0]
-
-
-class ResNet(object):
-  """The original interface: ResNet(hps, images, labels, mode).build_graph().
-
-  After build_graph(): `logits` (raw Z), `feature` [B,64], `predictions` (softmax of the
-  flipped logits), `cost` (CE or RCE + weight decay), `update_ops` (train mode).
-  """
-
-  def __init__(self, hps, images, labels, mode):
-    self.hps = hps
-    self._images = images
-    self.labels = labels
-    self.mode = mode
-
-  def build_graph(self):
-    self.logits, self.feature, self.update_ops = build_network(self.hps, self._images,
-                                                               self.mode)
-    self.predictions = tf.nn.softmax(flip_logits(self.logits, self.hps.RCE_train))
-    with tf1.variable_scope('costs'):
-      self.cost = (classification_loss(self.logits, self.labels, self.hps.RCE_train)
-                   + weight_decay(self.hps))
-    return self
 
 
 def count_params_and_flops(hps, image_shape):

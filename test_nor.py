@@ -88,7 +88,7 @@ def write_result(eval_dir, hps, evaluator, info, precision, total):
 def evaluate():
   common_flags.check_mode(['eval'], 'test_nor.py')
   common_flags.require_flags('test_nor.py', 'eval_data_path', 'log_root')
-  hps = common_flags.hparams_from_flags(FLAGS.eval_batch_size)
+  hps = common_flags.hparams_from_flags()
   if FLAGS.eval_once:
     checkpoints.require_checkpoint(FLAGS.log_root)
   evaluator = Evaluator(hps, FLAGS.dataset, FLAGS.eval_data_path, FLAGS.eval_batch_size)

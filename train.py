@@ -51,7 +51,7 @@ def train():
   common_flags.require_flags('train.py', 'train_data_path', 'log_root')
   spec = dataset_input.get_spec(FLAGS.dataset)
   files = dataset_input.validate_files(FLAGS.dataset, FLAGS.train_data_path)
-  hps = common_flags.hparams_from_flags(FLAGS.batch_size)
+  hps = common_flags.hparams_from_flags()
   devices, config = training.tower_devices(FLAGS.num_gpus)
   summary_dir = FLAGS.train_dir or os.path.join(FLAGS.log_root, 'train')
 

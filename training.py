@@ -86,7 +86,8 @@ def build_towers(hps, images, labels, devices):
   """Builds one loss per tower on an even split of the batch.
 
   Returns:
-    (tower_losses, tower_grads, logits of all towers concatenated, BN updates of tower 0).
+    (tower_losses, tower_grads, prediction logits of all towers concatenated, BN updates of
+    tower 0).
   """
   num = len(devices)
   batch = images.shape[0]
@@ -96,32 +97,31 @@ def build_towers(hps, images, labels, devices):
   losses, grads, logits, updates = [], [], [], []
   for i, device in enumerate(devices):
     with tf.device(device), tf1.name_scope('tower_%d' % i):
-      tower_logits, _, tower_updates = resnet_model.build_network(hps, image_parts[i], 'train')
+      net = resnet_model.build_network(hps, image_parts[i], 'train')
       variables = tf1.trainable_variables()
-      loss = (resnet_model.classification_loss(tower_logits, label_parts[i], hps.RCE_train)
+      loss = (resnet_model.classification_loss(net.raw_logits, label_parts[i], hps.RCE_train)
               + resnet_model.weight_decay(hps, variables))
       losses.append(loss)
       grads.append(list(zip(tf.gradients(loss, variables), variables)))
-      logits.append(tower_logits)
+      logits.append(net.logits)
       if i == 0:
-        updates = tower_updates
+        updates = net.update_ops
   return losses, grads, tf.concat(logits, 0), updates
 
 
-def correct_predictions(logits, labels, rce):
-  """Bool [B]: argmax of the (flipped) logits equals the one-hot label."""
-  predicted = tf.argmax(resnet_model.flip_logits(logits, rce), axis=1)
-  return tf.equal(predicted, tf.argmax(labels, axis=1))
+def correct_predictions(logits, labels):
+  """Bool [B]: argmax of the prediction logits equals the one-hot label."""
+  return tf.equal(tf.argmax(logits, axis=1), tf.argmax(labels, axis=1))
 
 
-def precision(logits, labels, rce):
-  """Fraction of the batch predicted correctly (with the RCE flip)."""
-  return tf.reduce_mean(tf.cast(correct_predictions(logits, labels, rce), tf.float32))
+def precision(logits, labels):
+  """Fraction of the batch predicted correctly (prediction logits: the RCE flip applied)."""
+  return tf.reduce_mean(tf.cast(correct_predictions(logits, labels), tf.float32))
 
 
-def correct_and_count(logits, labels, rce):
+def correct_and_count(logits, labels):
   """(number correct, batch size) as int64 scalars, for precision over many batches."""
-  correct = tf.reduce_sum(tf.cast(correct_predictions(logits, labels, rce), tf.int64))
+  correct = tf.reduce_sum(tf.cast(correct_predictions(logits, labels), tf.int64))
   return correct, tf.shape(labels, out_type=tf.int64)[0]
 
 
@@ -135,8 +135,8 @@ def build_test_precision(hps, dataset, pattern, batch_size, files=None):
     ds = dataset_input.make_dataset(dataset, pattern, batch_size, train=False, files=files)
     iterator = tf1.data.make_initializable_iterator(ds)
     images, labels = iterator.get_next()
-  logits, _, _ = resnet_model.build_network(hps, images, 'eval')
-  correct, count = correct_and_count(logits, labels, hps.RCE_train)
+  correct, count = correct_and_count(resnet_model.build_network(hps, images, 'eval').logits,
+                                     labels)
   return iterator, correct, count
 
 
@@ -154,7 +154,7 @@ def build_train_graph(hps, spec, images, labels, devices, schedule=None):
     apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
     train_op = tf.group(apply_op, *updates, name='train_step')
     loss = tf.add_n(losses) / float(len(losses))
-    prec = precision(logits, labels, hps.RCE_train)
+    prec = precision(logits, labels)
   tf1.summary.scalar('cost', loss)
   tf1.summary.scalar('learning_rate', lr)
   tf1.summary.scalar('precision', prec)
@@ -182,11 +182,11 @@ class FiniteSaver(tf1.train.Saver):
     self._names = [v.op.name for v in floats]
     self._finite = tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in floats])
 
-  def save(self, sess, save_path, global_step=None, *args, **kwargs):  # pylint: disable=keyword-arg-before-vararg
+  def save(self, sess, save_path, global_step=None, **kwargs):
     finite = sess.run(self._finite)
     if not finite.all():
       raise NonFiniteError(global_step, [n for n, ok in zip(self._names, finite) if not ok])
-    return super().save(sess, save_path, global_step, *args, **kwargs)
+    return super().save(sess, save_path, global_step=global_step, **kwargs)
 
 
 class LoggingHook(tf1.train.SessionRunHook):

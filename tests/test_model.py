@@ -40,7 +40,8 @@ def test_logits_and_feature_shapes_with_dynamic_batch(shape, mode):
   with tf.Graph().as_default():
     tf1.set_random_seed(0)
     images = tf1.placeholder(tf.float32, [None] + list(shape))
-    logits, feature, updates = resnet_model.build_network(SMALL, images, mode)
+    net = resnet_model.build_network(SMALL, images, mode)
+    logits, feature, updates = net.raw_logits, net.feature, net.update_ops
     assert logits.shape.as_list() == [None, 10]
     assert feature.shape.as_list() == [None, resnet_model.FEATURE_DIM] == [None, 64]
     assert (len(updates) > 0) == (mode == 'train')
@@ -147,6 +148,30 @@ def test_rce_loss_matches_numpy(scale):
         tf.constant(logits), tf.constant(onehot(labels)), rce=True)) == pytest.approx(loss)
 
 
+@pytest.mark.parametrize('k', [2, 10, 100])
+def test_rce_loss_for_k_classes_matches_numpy(k):
+  """The reverse label is 1/(K-1) off the true class, whatever K (cifar100: 100)."""
+  rng = np.random.RandomState(k)
+  logits = (rng.normal(size=(12, k)) * 3).astype(np.float32)
+  labels = rng.randint(0, k, 12)
+  y = np.eye(k, dtype=np.float32)[labels]
+  with tf.Graph().as_default(), tf1.Session() as sess:
+    reverse, loss = sess.run([resnet_model.reverse_labels(tf.constant(y)),
+                              resnet_model.rce_loss(tf.constant(logits), tf.constant(y))])
+  expected = (1.0 - y) / (k - 1.0)
+  np.testing.assert_allclose(reverse, expected, rtol=1e-6)
+  np.testing.assert_allclose(reverse.sum(axis=1), 1.0, rtol=1e-6)
+  assert loss == pytest.approx(numpy_rce(logits, labels, k), rel=1e-5)
+
+
+def test_network_width_is_the_class_count():
+  with tf.Graph().as_default():
+    images = tf1.placeholder(tf.float32, [None, 32, 32, 3])
+    net = resnet_model.build_network(SMALL._replace(num_classes=100, RCE_train=True), images,
+                                     'eval')
+    assert net.logits.shape.as_list() == net.raw_logits.shape.as_list() == [None, 100]
+
+
 def test_rce_loss_and_gradient_finite_for_huge_logits():
   rng = np.random.RandomState(1)
   logits = (rng.normal(size=(6, 10)) * 1e4).astype(np.float32)
@@ -192,8 +217,10 @@ def test_rce_model_predicts_with_negated_logits_ce_unchanged():
     tf1.set_random_seed(4)
     images = tf1.placeholder(tf.float32, [None, 28, 28, 1])
     y = tf1.placeholder(tf.float32, [None, 10])
-    rce = resnet_model.ResNet(hps_rce, images, y, 'eval').build_graph()
-    ce = resnet_model.ResNet(hps_ce, images, y, 'eval').build_graph()  # shares the variables
+    rce = resnet_model.build_network(hps_rce, images, 'eval')
+    ce = resnet_model.build_network(hps_ce, images, 'eval')  # shares the variables
+    costs = {m: resnet_model.classification_loss(net.raw_logits, y, m == 'rce')
+             + resnet_model.weight_decay(hps_ce) for m, net in (('rce', rce), ('ce', ce))}
     rce_fn_logits = resnet_model.make_logits_fn(hps_rce)(images)
     ce_fn_logits = resnet_model.make_logits_fn(hps_ce)(images)
     dws = [v for v in tf1.trainable_variables() if v.op.name.endswith('DW')]
@@ -202,8 +229,9 @@ def test_rce_model_predicts_with_negated_logits_ce_unchanged():
       # Spread the logits so that their ranking is unambiguous.
       w = [v for v in dws if v.op.name == 'logit/DW'][0]
       sess.run(w.assign(w * 10.0))
-      out = sess.run({'z_rce': rce.logits, 'z_ce': ce.logits, 'p_rce': rce.predictions,
-                      'p_ce': ce.predictions, 'cost_rce': rce.cost, 'cost_ce': ce.cost,
+      out = sess.run({'z_rce': rce.raw_logits, 'z_ce': ce.raw_logits,
+                      'p_rce': tf.nn.softmax(rce.logits), 'p_ce': tf.nn.softmax(ce.logits),
+                      'cost_rce': costs['rce'], 'cost_ce': costs['ce'],
                       'fn_rce': rce_fn_logits, 'fn_ce': ce_fn_logits, 'dws': dws},
                      {images: x, y: onehot(labels)})
   z = out['z_rce'].astype(np.float64)
@@ -233,7 +261,7 @@ def test_train_mode_bn_updates_moving_averages_with_biased_batch_variance():
   with tf.Graph().as_default() as graph:
     tf1.set_random_seed(5)
     images = tf.constant(x)
-    _, _, updates = resnet_model.build_network(SMALL, images, 'train')
+    updates = resnet_model.build_network(SMALL, images, 'train').update_ops
     bn_ops = [op for op in graph.get_operations() if op.type.startswith('FusedBatchNorm')]
     assert len(bn_ops) == 7 and len(updates) == 2 * len(bn_ops)
     names = variables_by_name()
@@ -272,7 +300,8 @@ def test_eval_mode_uses_moving_statistics():
   with tf.Graph().as_default():
     tf1.set_random_seed(6)
     images = tf1.placeholder(tf.float32, [None, 8, 8, 1])
-    eval_logits, _, updates = resnet_model.build_network(SMALL, images, 'eval')
+    net = resnet_model.build_network(SMALL, images, 'eval')
+    eval_logits, updates = net.raw_logits, net.update_ops
     assert updates == []
     with tf1.Session() as sess:
       sess.run(tf1.global_variables_initializer())
@@ -328,7 +357,8 @@ def test_eval_mode_matches_numpy_reference_with_moving_statistics():
   with tf.Graph().as_default():
     tf1.set_random_seed(7)
     images = tf1.placeholder(tf.float32, [None, 8, 8, 1])
-    logits, feature, _ = resnet_model.build_network(SMALL, images, 'eval')
+    net = resnet_model.build_network(SMALL, images, 'eval')
+    logits, feature = net.raw_logits, net.feature
     with tf1.Session() as sess:
       sess.run(tf1.global_variables_initializer())
       for name, var in variables_by_name().items():

@@ -123,8 +123,9 @@ def test_precision_uses_the_flip():
   logits = np.random.RandomState(2).normal(size=(20, 10)).astype(np.float32)
   argmin = np.eye(10, dtype=np.float32)[np.argmin(logits, 1)]
   with tf.Graph().as_default(), tf1.Session() as sess:
-    assert sess.run(training.precision(tf.constant(logits), tf.constant(argmin), True)) == 1.0
-    assert sess.run(training.precision(tf.constant(logits), tf.constant(argmin), False)) == 0.0
+    flipped = resnet_model.flip_logits(tf.constant(logits), True)  # an RCE model's predictions
+    assert sess.run(training.precision(flipped, tf.constant(argmin))) == 1.0
+    assert sess.run(training.precision(tf.constant(logits), tf.constant(argmin))) == 0.0
 
 
 @pytest.mark.parametrize('dataset,steps_and_rates', [
@@ -305,3 +306,22 @@ def test_subprocess_helper_sees_this_python():
   lines = proc.stdout.splitlines()
   assert os.path.realpath(lines[0]) == os.path.realpath(sys.executable)
   assert lines[1] == os.environ.get('PYTHONPATH', '')
+
+
+def test_user_learning_rate_schedule_read_back_from_the_summaries(tmp_path, digits_train):
+  """--lr_boundaries=100,150 --lr_values=0.1,0.01,0.001: the update at global step g uses
+  0.1 up to g = 100, 0.01 up to 150, then 0.001 (the summary of the run that makes step
+  g + 1 records the rate of that update)."""
+  log_root = tmp_path / 'lr'
+  proc = run_script(train_args(digits_train, log_root, 152, rce=True, num_gpus=0, extra=[
+      '--batch_size=8', '--summary_steps=1', '--checkpoint_steps=1000', '--test_every_steps=0',
+      '--lr_boundaries=100,150', '--lr_values=0.1,0.01,0.001']))
+  assert proc.returncode == 0, describe(proc)
+  rates = {}
+  for path in glob.glob(str(log_root / 'train' / 'events.*')):
+    for event in tf1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == 'learning_rate':
+          rates[event.step - 1] = value.simple_value  # the update at global step event.step-1
+  expected = {0: 0.1, 99: 0.1, 100: 0.1, 101: 0.01, 150: 0.01, 151: 0.001}
+  assert {g: rates.get(g) for g in expected} == pytest.approx(expected), rates
