@@ -27,8 +27,8 @@ def eps_schedule(eps):
   return [float(eps)] if eps > 0 else list(EPS_SWEEP)
 
 
-def random_targets(labels, seed, num_classes=10):
-  """A seeded random class different from each true label: int [N]."""
+def random_targets(labels, seed, num_classes):
+  """A seeded random class of `num_classes` different from each true label: int [N]."""
   rng = np.random.RandomState(seed)
   offsets = rng.randint(1, num_classes, size=len(labels))
   return (np.asarray(labels) + offsets) % num_classes
@@ -53,27 +53,18 @@ class Progress(object):
       self.last = now
 
 
-def _one_hot(labels, num_classes=10):
+def _one_hot(labels, num_classes):
   return np.eye(num_classes, dtype=np.float32)[np.asarray(labels)]
 
 
 class EpsAttack(object):
-  """A gradient/noise attack built once on the restored model; eps is a placeholder."""
+  """A swept attack built once on the restored model (the registry's build); eps is fed."""
 
   def __init__(self, model, spec, params):
     self.model = model
     with model.graph.as_default():
       self.eps = tf1.placeholder(tf.float32, [], name='eps')
-      logits_fn = lambda x: model.model_fn(x)[0]
-      x = model.images
-      if spec.name == 'random':
-        self.x_adv = spec.fn(x, self.eps, seed=params.seed)
-      elif spec.name in ('bim', 'tgsm'):
-        self.x_adv = spec.fn(logits_fn, x, self.eps, nb_iter=params.nb_iter)
-      elif spec.name == 'jsma':
-        self.x_adv = spec.fn(logits_fn, x, self.eps, max_iter=params.jsma_max_iter)
-      else:
-        self.x_adv = spec.fn(logits_fn, x, self.eps)
+      self.x_adv = spec.build(lambda x: model.model_fn(x)[0], model.images, self.eps, params)
     self.batch_size = params.batch_size
 
   def run(self, images, eps_list, progress):
@@ -92,10 +83,11 @@ class EpsAttack(object):
 def _f2_fn(model_fn, kernel):
   """f2(x, y_target) of the white-box attack: -log(1e-30 + KD_t(x)) + log(median_t)."""
   points, labels = kernel['subset_points'], kernel['subset_labels']
-  per_class = max(int(np.sum(labels == c)) for c in range(10))
-  padded = np.zeros((10, per_class, points.shape[1]), np.float32)
-  mask = np.zeros((10, per_class), np.float32)
-  for c in range(10):
+  num_classes = len(kernel['subset_medians'])
+  per_class = max(int(np.sum(labels == c)) for c in range(num_classes))
+  padded = np.zeros((num_classes, per_class, points.shape[1]), np.float32)
+  mask = np.zeros((num_classes, per_class), np.float32)
+  for c in range(num_classes):
     z = points[labels == c]
     padded[c, :len(z)], mask[c, :len(z)] = z, 1.0
   padded, mask = tf.constant(padded), tf.constant(mask)
@@ -118,16 +110,17 @@ class CWAttack(object):
 
   def __init__(self, model, spec, params, kernel=None):
     self.model, self.spec = model, spec
+    self.num_classes = model.hps.num_classes
     logits_fn = lambda x: model.model_fn(x)[0]
     common = dict(learning_rate=params.cw_learning_rate,
                   binary_search_steps=params.cw_binary_search_steps,
                   max_iterations=params.cw_max_iterations,
-                  initial_const=params.cw_initial_const)
+                  initial_const=params.cw_initial_const, num_classes=self.num_classes)
     shape = model.images.shape.as_list()[1:]
     self.cw = attacks.CarliniWagnerL2(model.sess, logits_fn, shape, params.cw_batch_size,
                                       confidence=spec.confidence, **common)
     self.wb = None
-    if spec.white_box:
+    if spec.info.white_box:
       if kernel is None:
         raise ValueError('carliniL2_specific needs the kernel parameters')
       with model.graph.as_default():
@@ -135,7 +128,7 @@ class CWAttack(object):
         self.wb = attacks.CarliniWagnerL2(model.sess, logits_fn, shape, params.cw_batch_size,
                                           confidence=spec.confidence, extra_loss_fn=f2,
                                           **common)
-        self.targets = tf1.placeholder(tf.float32, [None, 10])
+        self.targets = tf1.placeholder(tf.float32, [None, self.num_classes])
         self.f2 = f2(model.images, self.targets)
 
   def f2_values(self, images, targets_onehot, batch_size=200):
@@ -147,7 +140,7 @@ class CWAttack(object):
 
   def run(self, images, targets, progress):
     """Adversarial images [1, N, ...] and a dict of attack-specific statistics."""
-    onehot = _one_hot(targets)
+    onehot = _one_hot(targets, self.num_classes)
     adv = self.cw.attack(images, onehot)
     progress.update(len(images))
     stats = {'target': 'random', 'success_rate': float(np.mean(self.cw.last_success))}
@@ -165,7 +158,7 @@ class CWAttack(object):
     f2_final = self.f2_values(adv, onehot)
     logits, _ = self.model.outputs(adv)
     reached = logits.argmax(axis=1) == targets
-    l2 = np.sqrt(np.sum(np.square(adv - images).reshape(len(images), -1), axis=1))
+    l2 = attacks.l2_per_example(adv, images)
     stats.update({
         'first_stage_success_rate': stats.pop('success_rate'),
         'target_reached_rate': float(np.mean(reached)),
@@ -191,11 +184,10 @@ def collect(model, images, labels, adv_rounds, eps_list):
             'entropy_nor': nonme_nor, 'logits_nor': feat_nor, 'nor_img': images,
             'adv_img': adv_rounds}
   per_round, adv_parts = [], collections.defaultdict(list)
-  n = len(images)
   for eps, adv in zip(eps_list, adv_rounds):
     logits_adv, feat_adv = model.outputs(adv)
     pred_adv, conf_adv, nonme_adv = restored_model.prediction_stats(logits_adv)
-    l2 = np.sqrt(np.sum(np.square(adv - images).reshape(n, -1), axis=1))
+    l2 = attacks.l2_per_example(adv, images)
     for name, value in (('labels_adv', pred_adv), ('confidence_adv', conf_adv),
                         ('entropy_adv', nonme_adv), ('logits_adv', feat_adv),
                         ('L2_distance', l2)):

@@ -56,9 +56,9 @@ def _attack_params():
       seed=FLAGS.seed)
 
 
-def _restore(batch_size):
+def _restore():
   _, config = training.tower_devices(min(FLAGS.num_gpus, 1))
-  return restored_model.RestoredModel(common_flags.hparams_from_flags(batch_size),
+  return restored_model.RestoredModel(common_flags.hparams_from_flags(),
                                       FLAGS.dataset, FLAGS.log_root, config)
 
 
@@ -93,17 +93,17 @@ def run_attack():
                     '--attack_batch_size: attacking %d', len(images), n, len(images))
   kernel = None
   kernel_dir = result_files.kernel_dir(FLAGS.dataset, FLAGS.results_dir)
-  if spec.white_box:
+  if spec.info.white_box:
     kernel, kernel_summary = result_files.load_kernel_params(kernel_dir, FLAGS.RCE_train,
                                                              FLAGS.dataset)
-  model = _restore(FLAGS.attack_batch_size)
-  if spec.white_box:
+  model = _restore()
+  if spec.info.white_box:
     _check_kernel_model(kernel_summary, model, kernel_dir)
   out_dir = result_files.attack_dir(FLAGS.attack_method, FLAGS.dataset, FLAGS.RCE_train,
                                     FLAGS.save_pwd, FLAGS.results_dir)
   io_utils.check_writable_dir(out_dir, '--save_pwd' if FLAGS.save_pwd else '--results_dir')
   params = _attack_params()
-  if spec.kind == 'eps':
+  if spec.info.swept:
     attack, eps_list = attack_runner.EpsAttack(model, spec, params), attack_runner.eps_schedule(
         FLAGS.eps)
   else:
@@ -115,10 +115,10 @@ def run_attack():
                result_files.model_name(FLAGS.RCE_train), model.step, out_dir)
   progress = attack_runner.Progress(FLAGS.attack_method, len(images) * len(eps_list))
   extra = {}
-  if spec.kind == 'eps':
+  if spec.info.swept:
     adv_rounds = attack.run(images, eps_list, progress)
   else:
-    targets = attack_runner.random_targets(labels, FLAGS.seed)
+    targets = attack_runner.random_targets(labels, FLAGS.seed, model.hps.num_classes)
     adv_rounds, extra = attack.run(images, targets, progress)
   arrays, per_round = attack_runner.collect(model, images, labels, adv_rounds, eps_list)
   summary = {'attack': FLAGS.attack_method, 'dataset': FLAGS.dataset,
@@ -149,13 +149,14 @@ def run_kernel_para():
   files = dataset_input.validate_files(FLAGS.dataset, pattern)
   images, labels = dataset_input.load_arrays(FLAGS.dataset, pattern,
                                              FLAGS.eval_batch_count * 100, files)
-  model = _restore(100)
+  model = _restore()
   out_dir = result_files.kernel_dir(FLAGS.dataset, FLAGS.results_dir)
   io_utils.check_writable_dir(out_dir, '--results_dir')
   _, features = model.outputs(images)
   model.close()
   params = detect_report.kernel_params(features, labels, FLAGS.RCE_train,
-                                       FLAGS.kernel_per_class, FLAGS.kernel_subset, FLAGS.seed)
+                                       model.hps.num_classes, FLAGS.kernel_per_class,
+                                       FLAGS.kernel_subset, FLAGS.seed)
   result_files.save_kernel_params(
       out_dir, FLAGS.RCE_train, features, labels, params,
       {'dataset': FLAGS.dataset, 'num_examples': len(features),

@@ -4,20 +4,23 @@ Attacks take a `logits_fn(x) -> [B, K]` that already applies the RCE flip (see
 `resnet_model.make_logits_fn`); none of them knows how the model was trained. Images are
 NHWC float32 in [-0.5, 0.5], in and out.
 
-Two kinds of entries:
-  'eps': a graph function `fn(logits_fn, x, eps, ...)` (or `fn(x, eps, ...)` for `random`)
-    over a whole batch; eps may be a scalar placeholder, so the caller builds the graph once
-    and sweeps eps by feeding it.
-  'cw': the session class `CarliniWagnerL2`, run once with the entry's confidence;
+The registry adds to each attack of `attack_names` (title, swept or run once, order) how it
+is built:
+  swept: `build(logits_fn, x, eps, params)` over a whole batch, with its own arguments taken
+    from the attack parameters; eps may be a scalar placeholder, so the caller builds the
+    graph once and sweeps eps by feeding it.
+  run once: the session class `CarliniWagnerL2` with the entry's confidence;
     `carliniL2_specific` is its two-stage white-box use (confidence 5, then the detector
     term passed as `extra_loss_fn`).
 """
 import collections
 
+import attack_names
 from attacks.carlini import CarliniWagnerL2
 from attacks.carlini import CONFIDENCE
 from attacks.carlini import HIGHCON_CONFIDENCE
 from attacks.carlini import SPECIFIC_CONFIDENCE
+from attacks.distance import l2_per_example
 from attacks.gradient import bim
 from attacks.gradient import fgsm
 from attacks.gradient import ilcm
@@ -26,30 +29,34 @@ from attacks.gradient import tgsm
 from attacks.jsma import jsma
 
 AttackSpec = collections.namedtuple('AttackSpec', [
-    'name',  # the --attack_method value
-    'kind',  # 'eps' (graph function taking eps, swept) or 'cw' (session class, run once)
-    'fn',  # the graph function or the class
-    'needs_model',  # False only for random noise, which takes (x, eps)
-    'target',  # None (untargeted), 'least_likely' (its default) or 'random' (caller draws)
-    'confidence',  # C&W kappa; None for 'eps' attacks
-    'white_box',  # True for the two-stage attack on the K-density detector
+    'info',  # attack_names.AttackInfo: name, title, swept or once, white box, paper row
+    'build',  # swept: build(logits_fn, x, eps, params) -> x_adv tensor; once: None
+    'confidence',  # C&W kappa of the run-once attacks; None for the swept ones
 ])
 
-_SPECS = (
-    AttackSpec('random', 'eps', random_noise, False, None, None, False),
-    AttackSpec('fgsm', 'eps', fgsm, True, None, None, False),
-    AttackSpec('bim', 'eps', bim, True, None, None, False),
-    AttackSpec('tgsm', 'eps', ilcm, True, 'least_likely', None, False),
-    AttackSpec('jsma', 'eps', jsma, True, 'least_likely', None, False),
-    AttackSpec('carliniL2', 'cw', CarliniWagnerL2, True, 'random', CONFIDENCE, False),
-    AttackSpec('carliniL2_highcon', 'cw', CarliniWagnerL2, True, 'random',
-               HIGHCON_CONFIDENCE, False),
-    AttackSpec('carliniL2_specific', 'cw', CarliniWagnerL2, True, 'random',
-               SPECIFIC_CONFIDENCE, True),
-)
 
-REGISTRY = collections.OrderedDict((spec.name, spec) for spec in _SPECS)
-ATTACK_NAMES = tuple(REGISTRY)
+def _eps_attack(fn, uses_model=True, **param_names):
+  """build() of a swept attack: fn(logits_fn, x, eps, **{arg: params.<field>})."""
+  def build(logits_fn, x, eps, params):
+    kwargs = {arg: getattr(params, field) for arg, field in param_names.items()}
+    return fn(logits_fn, x, eps, **kwargs) if uses_model else fn(x, eps, **kwargs)
+  return build
+
+
+_BUILDERS = {
+    'random': (_eps_attack(random_noise, uses_model=False, seed='seed'), None),
+    'fgsm': (_eps_attack(fgsm), None),
+    'bim': (_eps_attack(bim, nb_iter='nb_iter'), None),
+    'tgsm': (_eps_attack(ilcm, nb_iter='nb_iter'), None),
+    'jsma': (_eps_attack(jsma, max_iter='jsma_max_iter'), None),
+    'carliniL2': (None, CONFIDENCE),
+    'carliniL2_highcon': (None, HIGHCON_CONFIDENCE),
+    'carliniL2_specific': (None, SPECIFIC_CONFIDENCE),
+}
+
+REGISTRY = collections.OrderedDict(
+    (name, AttackSpec(info, *_BUILDERS[name])) for name, info in attack_names.ATTACKS.items())
+ATTACK_NAMES = attack_names.ATTACK_NAMES
 
 
 def get_attack(name):
@@ -58,10 +65,9 @@ def get_attack(name):
   Raises:
     ValueError: unknown name; the message lists the valid ones.
   """
-  if name not in REGISTRY:
-    raise ValueError('unknown attack %r; expected one of: %s' % (name, ', '.join(ATTACK_NAMES)))
+  attack_names.info(name)
   return REGISTRY[name]
 
 
 __all__ = ['ATTACK_NAMES', 'AttackSpec', 'CarliniWagnerL2', 'REGISTRY', 'bim', 'fgsm',
-           'get_attack', 'ilcm', 'jsma', 'random_noise', 'tgsm']
+           'get_attack', 'ilcm', 'jsma', 'l2_per_example', 'random_noise', 'tgsm']

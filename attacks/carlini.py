@@ -13,6 +13,8 @@ each example's smallest successful L2 and its image; the binary search stays in 
 import numpy as np
 import tensorflow as tf
 
+from attacks.distance import l2_per_example
+
 tf1 = tf.compat.v1
 
 # Defaults (SPEC section 8; Carlini's own initial constant is 1e-3, the paper's code used 1.0).
@@ -47,7 +49,7 @@ class CarliniWagnerL2(object):
                learning_rate=LEARNING_RATE, binary_search_steps=BINARY_SEARCH_STEPS,
                max_iterations=MAX_ITERATIONS, abort_early=ABORT_EARLY,
                initial_const=INITIAL_CONST, targeted=True, clip_min=-0.5, clip_max=0.5,
-               extra_loss_fn=None, num_classes=10):
+               extra_loss_fn=None, num_classes=None):
     """Builds the attack graph in the session's graph.
 
     Args:
@@ -67,8 +69,10 @@ class CarliniWagnerL2(object):
       clip_min, clip_max: the box, [-0.5, 0.5] for this suite.
       extra_loss_fn: optional f2(x_new [B,H,W,C], y_target [B,K]) -> [B]; the loss adds
         c * max(f2, 0) and success also needs f2 <= 0 (the white-box attack on the detector).
-      num_classes: K, the width of the logits and of y_target.
+      num_classes: K, the width of the logits and of y_target (required).
     """
+    if num_classes is None:
+      raise ValueError('CarliniWagnerL2 needs num_classes, the width of the logits')
     self.sess = sess
     self.image_shape = tuple(int(d) for d in image_shape)
     self.batch_size = int(batch_size)
@@ -214,7 +218,7 @@ class CarliniWagnerL2(object):
       adv[start:stop][found[:k]] = best_img[:k][found[:k]]
       success[start:stop] = found[:k]
     adv = np.clip(adv, self.clip_min, self.clip_max)
-    l2 = np.sqrt(np.sum(np.square(adv - x).reshape(n, -1), axis=1))
+    l2 = l2_per_example(adv, x)
     self.last_success = success
     self.last_l2 = np.where(success, l2, np.inf).astype(np.float32)
     return adv

@@ -151,9 +151,8 @@ def test_save_pwd_puts_results_there_and_batches_concatenate(fgsm_runs):
                                atol=1e-5)
 
 
-def _restored(rce_root, batch_size=20):
-  hps = resnet_model.default_hparams(batch_size=batch_size, num_residual_units=1,
-                                     RCE_train=True)
+def _restored(rce_root):
+  hps = resnet_model.default_hparams(num_residual_units=1, RCE_train=True)
   return restored_model.RestoredModel(hps, 'mnist', rce_root)
 
 
@@ -328,7 +327,6 @@ def test_carlini_cli_writes_one_round_and_success_rate(rce_root, digits_test, tm
   assert summary['num_rounds'] == 1 and summary['eps'] == [None]
   assert len(summary['rounds']) == 1
   rate = summary['attack_stats']['success_rate']
-  assert 0.0 <= rate <= 1.0
   for name in ('labels_adv', 'L2_distance', 'entropy_adv', 'confidence_adv'):
     assert _load_text(out, name).shape == (n,), name
   assert _load_text(out, 'logits_adv').shape == (n, 64)
@@ -336,7 +334,7 @@ def test_carlini_cli_writes_one_round_and_success_rate(rce_root, digits_test, tm
   l2 = _load_text(out, 'L2_distance')
   changed = l2 > 0
   assert rate == pytest.approx(changed.mean())
-  targets = attack_runner.random_targets(_load_text(out, 'labels_true').astype(int), 0)
+  targets = attack_runner.random_targets(_load_text(out, 'labels_true').astype(int), 0, 10)
   reached = _load_text(out, 'labels_adv') == targets
   assert np.sum(changed & ~reached) <= 1, (changed, reached)  # margin-0 ties aside
   np.testing.assert_array_equal(adv[0][~changed], nor[~changed])

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import attacks  # pylint: disable=g-bad-import-order
+import attack_names  # pylint: disable=g-bad-import-order
+import attack_runner
+import attacks
 import dataset_input
 import resnet_model
 
@@ -44,9 +46,10 @@ def _train(sess, hps, scope, train_x, train_y, seed):
   x = tf1.placeholder(tf.float32, [TRAIN_BATCH, 28, 28, 1])
   y = tf1.placeholder(tf.float32, [TRAIN_BATCH, 10])
   with tf1.variable_scope(scope, reuse=tf1.AUTO_REUSE):
-    logits, _, update_ops = resnet_model.build_network(hps, x, 'train')
+    net = resnet_model.build_network(hps, x, 'train')
+  update_ops = net.update_ops
   variables = tf1.trainable_variables(scope.name + '/')
-  loss = (resnet_model.classification_loss(logits, y, hps.RCE_train)
+  loss = (resnet_model.classification_loss(net.raw_logits, y, hps.RCE_train)
           + resnet_model.weight_decay(hps, variables))
   optimizer = tf1.train.MomentumOptimizer(0.05, 0.9)
   with tf.control_dependencies(update_ops):
@@ -106,17 +109,18 @@ def lab():
     ns.jsma_per_example = attacks.jsma(rce_fn, x, eps, y_target=y_target, per_example=True)
     ns.cw = attacks.CarliniWagnerL2(
         sess, rce_fn, (28, 28, 1), batch_size=NUM_ATTACKED, max_iterations=CW_ITERATIONS,
-        binary_search_steps=CW_SEARCH_STEPS)
+        binary_search_steps=CW_SEARCH_STEPS, num_classes=10)
     # Tiny and cheap, to check chunking and padding.
     ns.cw_tiny = attacks.CarliniWagnerL2(sess, rce_fn, (28, 28, 1), batch_size=4,
-                                         max_iterations=10, binary_search_steps=2)
+                                         max_iterations=10, binary_search_steps=2,
+                                         num_classes=10)
     ns.cw_hc = attacks.CarliniWagnerL2(
         sess, ce_fn, (28, 28, 1), batch_size=CW_SMALL,
         confidence=attacks.carlini.HIGHCON_CONFIDENCE,
-        max_iterations=CW_ITERATIONS, binary_search_steps=CW_SEARCH_STEPS)
+        max_iterations=CW_ITERATIONS, binary_search_steps=CW_SEARCH_STEPS, num_classes=10)
     ns.cw_extra = attacks.CarliniWagnerL2(
         sess, ce_fn, (28, 28, 1), batch_size=CW_SMALL, max_iterations=CW_ITERATIONS // 2,
-        binary_search_steps=CW_SEARCH_STEPS, extra_loss_fn=_toy_f2(ce_fn))
+        binary_search_steps=CW_SEARCH_STEPS, extra_loss_fn=_toy_f2(ce_fn), num_classes=10)
     ns.toy_f2 = _toy_f2(ce_fn)(x, y_target)
     graph.finalize()
 
@@ -342,13 +346,31 @@ def test_registry():
                                   'carliniL2_highcon', 'carliniL2_specific')
   for name in ('random', 'fgsm', 'bim', 'tgsm', 'jsma'):
     spec = attacks.get_attack(name)
-    assert spec.kind == 'eps' and spec.confidence is None and callable(spec.fn)
-  assert attacks.get_attack('tgsm').fn is attacks.ilcm
+    assert spec.info.swept and spec.confidence is None and callable(spec.build)
   confidences = {name: attacks.get_attack(name).confidence
                  for name in ('carliniL2', 'carliniL2_highcon', 'carliniL2_specific')}
   assert confidences == {'carliniL2': 0.0, 'carliniL2_highcon': 10.0, 'carliniL2_specific': 5.0}
-  assert all(attacks.get_attack(n).fn is attacks.CarliniWagnerL2 for n in confidences)
-  assert attacks.get_attack('carliniL2_specific').white_box
+  assert not any(attacks.get_attack(n).info.swept for n in confidences)
+  assert [n for n in attacks.ATTACK_NAMES if attacks.get_attack(n).info.white_box] == [
+      'carliniL2_specific']
+  titles = [attack_names.title(n) for n in attacks.ATTACK_NAMES]
+  assert titles == ['Random', 'FGSM', 'BIM', 'ILCM', 'JSMA', 'C&W', 'C&W-hc', 'C&W-wb']
+  assert attack_names.paper_attacks() == ['fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2',
+                                          'carliniL2_highcon']
+  assert attack_names.paper_attacks(white_box=True) == ['carliniL2_specific']
+  assert attack_names.ordered(['zzz', 'carliniL2', 'fgsm']) == ['fgsm', 'carliniL2', 'zzz']
+
+
+def test_swept_build_passes_each_attack_its_own_parameters():
+  calls = []
+  record = lambda *args, **kwargs: calls.append((args, kwargs)) or 'x_adv'
+  params = attack_runner.AttackParams(batch_size=4, nb_iter=3, jsma_max_iter=5, cw_batch_size=1,
+                                      cw_max_iterations=1, cw_binary_search_steps=1,
+                                      cw_learning_rate=0.01, cw_initial_const=1.0, seed=7)
+  build = attacks._eps_attack(record, nb_iter='nb_iter')  # pylint: disable=protected-access
+  assert build('logits_fn', 'x', 'eps', params) == 'x_adv'
+  attacks._eps_attack(record, uses_model=False, seed='seed')('logits_fn', 'x', 'eps', params)  # pylint: disable=protected-access
+  assert calls == [(('logits_fn', 'x', 'eps'), {'nb_iter': 3}), (('x', 'eps'), {'seed': 7})]
 
 
 def test_get_attack_unknown_name_lists_names_and_builds_nothing():
