@@ -1,59 +1,34 @@
-"""Binary-record input for mnist and cifar10, its validation, and the data converters.
+"""Binary-record input for mnist, cifar10 and cifar100, its validation, and the data converters.
 
 Record formats (SPEC.md section 4):
-  mnist:   float32 little-endian records of 785 values: label (0..9), then 784 pixels in [0, 1].
-  cifar10: the standard CIFAR-10 binary version, 3073 bytes: label byte, then 1024 R, G, B bytes.
-Every image delivered by this module is NHWC float32 in [-0.5, 0.5]; labels are one-hot [N, 10].
+  mnist:    float32 little-endian records of 785 values: label (0..9), then 784 pixels in [0, 1].
+  cifar10:  the standard CIFAR-10 binary version, 3073 bytes: label byte, then 1024 R, G, B bytes.
+  cifar100: the standard CIFAR-100 binary version, 3074 bytes: coarse label byte (0..19), fine
+            label byte (0..99, the label used), then 1024 R, G, B bytes.
+Every image delivered by this module is NHWC float32 in [-0.5, 0.5]; labels are one-hot
+[N, K], K the data set's number of classes.
 
 Converters (write `data_train.bin` and `data_test.bin` in the mnist format):
   python dataset_input.py --convert=mnist_idx --idx_dir=DIR --out_dir=DIR
   python dataset_input.py --convert=digits --out_dir=DIR
 """
-import collections
 import glob
 import gzip
 import os
 import struct
-import sys
 import zlib
 
 import numpy as np
 import tensorflow as tf
 
+import dataset_table
 import io_utils
 
-NUM_CLASSES = 10
-
-# The dataset table: the one place that knows image size, record layout, preprocessing and the
-# learning-rate schedule of each data set.
-DatasetSpec = collections.namedtuple('DatasetSpec', [
-    'name', 'image_size', 'channels', 'record_dtype', 'record_values', 'pixel_scale',
-    'augment', 'lr_boundaries', 'lr_values', 'test_file'])
-
-DATASETS = {
-    'mnist': DatasetSpec(
-        name='mnist', image_size=28, channels=1, record_dtype=np.dtype('<f4'),
-        record_values=1 + 28 * 28, pixel_scale=1.0, augment=False,
-        lr_boundaries=(10000, 15000, 20000), lr_values=(0.1, 0.01, 0.001, 0.0001),
-        test_file='data_test.bin'),
-    'cifar10': DatasetSpec(
-        name='cifar10', image_size=32, channels=3, record_dtype=np.dtype('u1'),
-        record_values=1 + 32 * 32 * 3, pixel_scale=255.0, augment=True,
-        lr_boundaries=(40000, 60000, 80000), lr_values=(0.1, 0.01, 0.001, 0.0001),
-        test_file='test_batch.bin'),
-}
-
-
-class DataError(ValueError):
-  """A data file or pattern that cannot be used; the message names the file and the problem."""
-
-
-def get_spec(dataset):
-  """Returns the DatasetSpec of `dataset`, or raises DataError listing the known names."""
-  if dataset not in DATASETS:
-    raise DataError('unknown --dataset=%r; expected one of: %s'
-                    % (dataset, ', '.join(sorted(DATASETS))))
-  return DATASETS[dataset]
+# The dataset table lives in dataset_table (TensorFlow-free); re-exported here.
+DatasetSpec = dataset_table.DatasetSpec
+DATASETS = dataset_table.DATASETS
+DataError = dataset_table.DataError
+get_spec = dataset_table.get_spec
 
 
 def record_bytes(spec):
@@ -108,13 +83,13 @@ def _read_records(path, spec):
 
 def _check_records(path, spec, records):
   """Label range and (mnist) pixel range checks, vectorized over the file."""
-  labels = records[:, 0]
-  bad = np.flatnonzero(~np.isin(labels, np.arange(NUM_CLASSES)))
+  labels = records[:, spec.label_index]
+  bad = np.flatnonzero(~np.isin(labels, np.arange(spec.num_classes)))
   if bad.size:
-    raise DataError('%s: record %d has label %r, outside 0..9 (%d bad labels)'
-                    % (path, bad[0], labels[bad[0]].item(), bad.size))
+    raise DataError('%s: record %d has label %r, outside 0..%d (%d bad labels)'
+                    % (path, bad[0], labels[bad[0]].item(), spec.num_classes - 1, bad.size))
   if spec.record_dtype.kind == 'f':
-    pixels = records[:, 1:]
+    pixels = records[:, spec.header_values:]
     finite = np.isfinite(pixels)
     if not finite.all():
       rec = np.flatnonzero(~finite.all(axis=1))[0]
@@ -131,7 +106,7 @@ def validate_files(dataset, pattern):
 
   Raises:
     DataError: unknown dataset, no matching file, a size that is not a whole number of
-      records, a label outside 0..9, or mnist pixels outside [0, 1] or not finite.
+      records, a label outside 0..K-1, or mnist pixels outside [0, 1] or not finite.
   """
   spec = get_spec(dataset)
   files = _expand(pattern)
@@ -155,14 +130,14 @@ def load_arrays(dataset, pattern, max_examples=None, files=None):
   """Validates and loads files in their fixed order (`files`: an already validated list).
 
   Returns:
-    images: float32 [N, H, W, C] in [-0.5, 0.5]; labels: int64 [N] in 0..9.
+    images: float32 [N, H, W, C] in [-0.5, 0.5]; labels: int64 [N] in 0..K-1.
   """
   spec = get_spec(dataset)
   images, labels = [], []
   for path in files or validate_files(dataset, pattern):
     records = _read_records(path, spec)
-    images.append(_records_to_images(spec, records[:, 1:]))
-    labels.append(records[:, 0].astype(np.int64))
+    images.append(_records_to_images(spec, records[:, spec.header_values:]))
+    labels.append(records[:, spec.label_index].astype(np.int64))
   images, labels = np.concatenate(images), np.concatenate(labels)
   if max_examples is not None:
     images, labels = images[:max_examples], labels[:max_examples]
@@ -176,8 +151,8 @@ def _parse_fn(spec, train):
 
   def parse(record):
     values = tf.io.decode_raw(record, tf_dtype, little_endian=True)
-    label = tf.cast(values[0], tf.int32)
-    pixels = tf.cast(values[1:], tf.float32)
+    label = tf.cast(values[spec.label_index], tf.int32)
+    pixels = tf.cast(values[spec.header_values:], tf.float32)
     if channels == 1:
       image = tf.reshape(pixels, [size, size, 1])
     else:
@@ -187,7 +162,7 @@ def _parse_fn(spec, train):
       image = tf.image.random_crop(image, [size, size, channels])
       image = tf.image.random_flip_left_right(image)
     image = image / spec.pixel_scale - 0.5
-    return image, tf.one_hot(label, NUM_CLASSES, dtype=tf.float32)
+    return image, tf.one_hot(label, spec.num_classes, dtype=tf.float32)
 
   return parse
 
@@ -196,7 +171,7 @@ def make_dataset(dataset, pattern, batch_size, train, seed=None, files=None):
   """tf.data pipeline over the files matching `pattern` (validated first).
 
   Args:
-    dataset: 'mnist' or 'cifar10'.
+    dataset: a name of DATASETS.
     pattern: glob pattern(s), comma-separated.
     batch_size: images per batch.
     train: True -> shuffled, repeated, augmented (cifar10), whole batches only;
@@ -205,7 +180,7 @@ def make_dataset(dataset, pattern, batch_size, train, seed=None, files=None):
     files: an already validated file list (skips validation).
 
   Returns:
-    A Dataset of (images [B,H,W,C] float32 in [-0.5, 0.5], labels [B,10] one-hot).
+    A Dataset of (images [B,H,W,C] float32 in [-0.5, 0.5], labels [B,K] one-hot).
   """
   spec = get_spec(dataset)
   files = files or validate_files(dataset, pattern)
@@ -216,16 +191,6 @@ def make_dataset(dataset, pattern, batch_size, train, seed=None, files=None):
   ds = ds.map(_parse_fn(spec, train), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=train)
   return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def build_input(dataset, pattern, batch_size, mode, seed=None):
-  """Graph-mode (images, labels) tensors from a one-shot iterator; mode 'train' or 'eval'."""
-  ds = make_dataset(dataset, pattern, batch_size, train=(mode == 'train'), seed=seed)
-  images, labels = tf.compat.v1.data.make_one_shot_iterator(ds).get_next()
-  spec = get_spec(dataset)
-  images.set_shape([batch_size if mode == 'train' else None] + list(image_shape(spec)))
-  labels.set_shape([images.shape[0], NUM_CLASSES])
-  return images, labels
 
 
 def default_test_pattern(dataset, train_pattern):
@@ -359,7 +324,7 @@ def _checked_idx_split(images_path, labels_path):
   if labels.shape[0] != images.shape[0]:
     raise DataError('%s holds %d images but %s holds %d labels'
                     % (images_path, images.shape[0], labels_path, labels.shape[0]))
-  bad = np.flatnonzero(labels >= NUM_CLASSES)  # uint8: never negative
+  bad = np.flatnonzero(labels >= DATASETS['mnist'].num_classes)  # uint8: never negative
   if bad.size:
     raise DataError('%s: label %d is %d, outside 0..9 (%d bad labels)'
                     % (labels_path, bad[0], labels[bad[0]], bad.size))

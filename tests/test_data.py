@@ -125,20 +125,6 @@ def test_mnist_eval_pipeline_exact_values_fixed_order_over_files(tmp_path):
   np.testing.assert_array_equal(one_hot(arr_labels), expected_labels)
 
 
-def test_build_input_eval_shapes(tmp_path):
-  pixels, labels = mnist_arrays(5, seed=3)
-  path = str(tmp_path / 'data.bin')
-  dataset_input.write_mnist_records(path, pixels, labels)
-  with tf.Graph().as_default():
-    images, onehot = dataset_input.build_input('mnist', path, 2, 'eval')
-    assert images.shape.as_list() == [None, 28, 28, 1]
-    assert onehot.shape.as_list() == [None, 10]
-    with tf1.Session() as sess:
-      first_images, first_labels = sess.run([images, onehot])
-  np.testing.assert_array_equal(first_images, pixels[:2, ..., None] - np.float32(0.5))
-  np.testing.assert_array_equal(first_labels, one_hot(labels[:2]))
-
-
 # ---- cifar10 records ---------------------------------------------------------------------
 
 
