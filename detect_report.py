@@ -7,37 +7,36 @@ import os
 from absl import logging
 import numpy as np
 
+import attack_names
 import detection
 import io_utils
 import provenance
+import report_render
 import result_files
 
-# Row order of the paper's Table 2; attacks not listed here follow alphabetically.
-ATTACK_ORDER = ('random', 'fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2', 'carliniL2_highcon',
-                'carliniL2_specific')
-ATTACK_TITLES = {'random': 'Random', 'fgsm': 'FGSM', 'bim': 'BIM', 'tgsm': 'ILCM',
-                 'jsma': 'JSMA', 'carliniL2': 'C&W', 'carliniL2_highcon': 'C&W-hc',
-                 'carliniL2_specific': 'C&W-wb'}
 
-
-def kernel_params(features, labels, rce, per_class=1000, subset=100, seed=0):
+def kernel_params(features, labels, rce, num_classes, per_class=1000, subset=100, seed=0):
   """Kernel points, the white-box subset and its per-class median densities.
 
   Args:
-    features: [N, 64] training features; labels: [N] true labels.
+    features: [N, 64] training features; labels: [N] true labels in [0, num_classes).
     rce: selects sigma2.
+    num_classes: number of classes K of the dataset; every class must be present.
     per_class: kernel points per class (detection); subset: points per class (C&W-wb).
+    seed: seed of the draws of the kernel points and of the subset.
 
   Returns:
-    dict of arrays for result_files.save_kernel_params.
+    dict of arrays for result_files.save_kernel_params; 'medians' and 'subset_medians' are
+    [num_classes] float64.
   """
   sigma2 = detection.sigma2_for(rce)
-  points, point_labels = detection.select_kernel_points(features, labels, per_class, seed)
+  points, point_labels = detection.select_kernel_points(features, labels, num_classes,
+                                                        per_class, seed)
   sub_points, sub_labels = detection.subset_per_class(points, point_labels, subset, seed)
   kd_sub = detection.KernelDensity(sigma2).fit(sub_points, sub_labels)
-  medians = detection.per_class_median_density(kd_sub, features, labels)
+  medians = detection.per_class_median_density(kd_sub, features, labels, num_classes)
   kd = detection.KernelDensity(sigma2).fit(points, point_labels)
-  train_medians = detection.per_class_median_density(kd, features, labels)
+  train_medians = detection.per_class_median_density(kd, features, labels, num_classes)
   return {'points': points, 'point_labels': point_labels, 'subset_points': sub_points,
           'subset_labels': sub_labels, 'subset_medians': medians,
           'medians': train_medians, 'sigma2': np.float64(sigma2), 'seed': np.int64(seed)}
@@ -51,15 +50,35 @@ def _scores(data, kd, side):
 
 
 def evaluate_attack(directory, kd, thresholds, eps_round):
-  """AUCs, ROC points and the thresholding test of one attack on one model."""
+  """AUCs, ROC points and the thresholding test of one attack on one model.
+
+  Args:
+    directory: the attack result folder of one model.
+    kd: the model's fitted detection.KernelDensity.
+    thresholds: [K] per-class K-density thresholds; K, the kernel's number of classes, is
+      their length.
+    eps_round: 1-based eps round of the swept attacks.
+
+  Raises:
+    result_files.ResultsError: the results hold a class the kernel does not have.
+  """
   index = result_files.round_index(result_files.load_summary(directory), eps_round)
   data = result_files.load_attack_round(directory, index)
+  num_classes = len(thresholds)
+  for name in ('labels_true', 'labels_nor', 'labels_adv'):
+    labels = np.asarray(data[name]).reshape(-1)
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+      raise result_files.ResultsError(
+          '%s: %s holds class %d, outside the %d classes of the kernel (one median each); the '
+          'kernel and the attack results do not belong together'
+          % (directory, name, bad[0], num_classes))
   keep = detection.kept_mask(data['labels_true'], data['labels_nor'], data['labels_adv'])
   nor, adv = _scores(data, kd, 'nor'), _scores(data, kd, 'adv')
   out = {'n_kept': int(keep.sum()), 'auc': {}, 'roc': {},
          'eps': data['summary']['eps'][index],
          'run_id': result_files.run_id(data['summary'])}
-  for metric in detection.TABLE_METRICS:
+  for metric in detection.METRICS:
     pos, neg = nor[metric][keep], adv[metric][keep]
     out['auc'][metric] = detection.roc_auc(pos, neg)
     if out['auc'][metric] is not None:
@@ -68,29 +87,6 @@ def evaluate_attack(directory, kd, thresholds, eps_round):
       kd, thresholds, data['logits_nor'], data['labels_nor'], data['labels_true'],
       data['logits_adv'], data['labels_adv'])
   return out
-
-
-def _ordered(attacks):
-  known = [a for a in ATTACK_ORDER if a in attacks]
-  return known + sorted(a for a in attacks if a not in ATTACK_ORDER)
-
-
-def _fmt(value):
-  return '-' if value is None else '%.4f' % value
-
-
-def threshold_markdown(results):
-  """Markdown table of the thresholding test: accepted fraction and accuracy per side."""
-  lines = ['| Attack | Model | normal accepted | normal acc. of accepted | adv. accepted | '
-           'adv. acc. of accepted |', '|---|---|---|---|---|---|']
-  for attack, per_model in results:
-    for model, r in sorted(per_model.items()):
-      t = r['threshold']
-      lines.append('| %s | %s | %s | %s | %s | %s |' % (
-          ATTACK_TITLES.get(attack, attack), model, _fmt(t['normal']['accepted_fraction']),
-          _fmt(t['normal']['accepted_accuracy']), _fmt(t['adversarial']['accepted_fraction']),
-          _fmt(t['adversarial']['accepted_accuracy'])))
-  return '\n'.join(lines) + '\n'
 
 
 def check_consistent(found, kernel_summaries, kernel_dir):
@@ -171,7 +167,7 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
   inputs = {'kernels': {m: result_files.run_id(k) for m, k in kernel_summaries.items()},
             'attacks': {}}
   results, rows, figures = [], [], []
-  for attack in _ordered(found):
+  for attack in attack_names.ordered(found):
     per_model = {}
     for model, directory in sorted(found[attack].items()):
       kd, thresholds = detectors[model]
@@ -181,29 +177,32 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
       logging.info('%s %s: %d kept examples', attack, model, per_model[model]['n_kept'])
     results.append((attack, per_model))
     aucs = {(m, model): r['auc'][m] for model, r in per_model.items()
-            for m in detection.TABLE_METRICS}
-    title = ATTACK_TITLES.get(attack, attack)
+            for m in detection.METRICS}
+    title = attack_names.title(attack)
     eps = sorted({r['eps'] for r in per_model.values() if r['eps'] is not None})
     if eps:
       title += ' (eps %s)' % '/'.join('%g' % e for e in eps)
     rows.append((title, aucs, {model: r['n_kept'] for model, r in per_model.items()}))
-    curves = [('%s %s' % (model, detection.METRIC_NAMES[m]), r['roc'][m][0], r['roc'][m][1],
-               r['auc'][m]) for model, r in sorted(per_model.items())
-              for m in detection.TABLE_METRICS if m in r['roc']]
+    curves = [('%s %s' % (model, report_render.METRIC_NAMES[m]), r['roc'][m][0],
+               r['roc'][m][1], r['auc'][m]) for model, r in sorted(per_model.items())
+              for m in detection.METRICS if m in r['roc']]
     if curves:
       figures.append(('roc_%s.png' % attack, curves, 'ROC, %s on %s' % (title, dataset)))
 
-  table = detection.table_markdown(
+  table = report_render.table_markdown(
       rows, title='AUC of detection on %s (rows: attacks; normal = positives)' % dataset)
+  threshold_rows = [(attack_names.title(attack),
+                     {model: r['threshold'] for model, r in per_model.items()})
+                    for attack, per_model in results]
   text = (table + '\nK-density under the predicted class; kept examples: normal classified '
           'correctly and adversarial misclassified. Swept attacks at eps round %d.\n\n'
           '### Thresholding test (per-class threshold: training median K-density)\n\n%s'
-          % (eps_round, threshold_markdown(results)))
+          % (eps_round, report_render.threshold_markdown(threshold_rows)))
   folder = result_files.FolderWriter(out_dir)  # incomplete until finish()
   for name, curves, title in figures:
-    folder.write(name, lambda path, c=curves, t=title: detection.plot_roc(c, path, t))
+    folder.write(name, lambda path, c=curves, t=title: report_render.plot_roc(c, path, t))
   folder.write('table2.md', io_utils.atomic_write_text, text)
-  folder.write('table2.csv', io_utils.atomic_write_text, detection.table_csv(rows))
+  folder.write('table2.csv', io_utils.atomic_write_text, report_render.table_csv(rows))
   folder.finish({'dataset': dataset, 'eps_round': eps_round, 'inputs': inputs,
                  'provenance': provenance.record(None, [], {'eps_round': eps_round,
                                                             'threshold': threshold})})

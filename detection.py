@@ -3,35 +3,24 @@
 Implements the detection side of Pang et al., "Towards Robust Detection of Adversarial
 Examples", NeurIPS 2018 (https://arxiv.org/abs/1706.00633): the kernel-density (K-density)
 score on the 64-d penultimate feature, the confidence and non-maximal-entropy (non-ME) scores,
-ROC-AUC over the kept examples, the per-class threshold test, and the report tables and plots
-(the paper's Table 2 layout, ROC curves, t-SNE scatter plots).
+ROC-AUC over the kept examples, and the per-class threshold test. The tables and figures that
+show them are in report_render.py.
 
 Every `logits` argument here is already flipped for RCE models by the caller; apart from
-`sigma2_for`, nothing in this module knows whether a model was trained with CE or RCE.
+`sigma2_for`, nothing in this module knows whether a model was trained with CE or RCE. Nothing
+here assumes a number of classes: functions that need it take `num_classes` explicitly.
 """
-import csv
-import io
-
 from absl import logging
-import matplotlib
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import rankdata
-from sklearn.manifold import TSNE
 from sklearn.metrics import roc_curve
 
-import io_utils
-
-NUM_CLASSES = 10
 # Rows scored per matrix op; bounds memory at _ROW_CHUNK x (points per class) float64.
 _ROW_CHUNK = 4096
 
-TABLE_METRICS = ('confidence', 'non_me', 'k_density')
-METRIC_NAMES = {'confidence': 'Confidence', 'non_me': 'non-ME', 'k_density': 'K-density'}
-TABLE_MODELS = ('CE', 'RCE')
-NOT_COMPUTABLE_NOTE = 'n/c: not computable (fewer than two kept examples or only one class)'
+# The detection scores (keys of `detection_scores`; higher = more normal), in table order.
+METRICS = ('confidence', 'non_me', 'k_density')
 
 
 def sigma2_for(rce):
@@ -95,23 +84,31 @@ def _draw_per_class(labels, classes, per_class, seed, what):
   return np.concatenate(chosen)
 
 
-def select_kernel_points(features, labels, per_class=1000, seed=0, num_classes=NUM_CLASSES):
+def _check_labels(labels, num_classes, what):
+  """ValueError unless every label lies in [0, num_classes)."""
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError('%s must lie in [0, %d), got %d..%d'
+                     % (what, num_classes, labels.min(), labels.max()))
+
+
+def select_kernel_points(features, labels, num_classes, per_class=1000, seed=0):
   """Draws `per_class` training features per class, without replacement, for the kernel.
 
   Args:
     features: [N, D] float training features.
     labels: [N] int true labels in [0, num_classes).
+    num_classes: number of classes K; every class must be present.
     per_class: points per class; a class with fewer gives all of its points (with a warning).
     seed: seed of the draw; the same seed gives the same points.
-    num_classes: number of classes.
 
   Returns:
     (points [M, D] float32, point_labels [M] int64), grouped by class.
 
   Raises:
-    ValueError: a class has no training features.
+    ValueError: a class has no training features, or a label is outside [0, num_classes).
   """
   labels = np.asarray(labels).reshape(-1)
+  _check_labels(labels, num_classes, 'Training labels')
   idx = _draw_per_class(labels, range(num_classes), per_class, seed, 'training features')
   return np.asarray(features, np.float32)[idx], labels[idx].astype(np.int64)
 
@@ -185,22 +182,23 @@ class KernelDensity:
     return np.exp(self.log_score(features, classes))
 
 
-def per_class_median_density(kd, features, labels, num_classes=NUM_CLASSES):
+def per_class_median_density(kd, features, labels, num_classes):
   """Median K-density of each class's training features under their own class.
 
   Args:
     kd: a fitted KernelDensity.
     features: [N, D] float training features.
-    labels: [N] int true labels.
-    num_classes: number of classes.
+    labels: [N] int true labels in [0, num_classes).
+    num_classes: number of classes K; every class must be present.
 
   Returns:
     [num_classes] float64 medians (the default thresholds of `threshold_test`).
 
   Raises:
-    ValueError: a class has no training features.
+    ValueError: a class has no training features, or a label is outside [0, num_classes).
   """
   labels = np.asarray(labels).reshape(-1)
+  _check_labels(labels, num_classes, 'Training labels')
   scores = kd.score(features, labels)
   medians = np.empty(num_classes, np.float64)
   for c in range(num_classes):
@@ -275,7 +273,9 @@ def detection_scores(logits, features, kd):
 
 
 def _accept_stats(kd, log_thresholds, features, pred, labels_true):
+  """n, accepted fraction and accuracy of the accepted ones for one side of `threshold_test`."""
   pred = np.asarray(pred).reshape(-1)
+  _check_labels(pred, log_thresholds.size, 'Predicted labels (one threshold per class)')
   accepted = kd.log_score(features, pred) >= log_thresholds[pred]
   n = int(pred.size)
   n_acc = int(accepted.sum())
@@ -293,7 +293,8 @@ def threshold_test(kd, thresholds, features_nor, pred_nor, labels_true, features
 
   Args:
     kd: a fitted KernelDensity.
-    thresholds: [num_classes] float thresholds (e.g. `per_class_median_density`).
+    thresholds: [K] float thresholds, one per class (e.g. `per_class_median_density`); K is
+      the number of classes.
     features_nor: [N, D] features of the normal examples; pred_nor: their [N] predicted labels.
     labels_true: [N] int true labels (shared by the normal and adversarial sets).
     features_adv: [N, D] features of the adversarial examples; pred_adv: their predictions.
@@ -302,146 +303,12 @@ def threshold_test(kd, thresholds, features_nor, pred_nor, labels_true, features
     {'normal': stats, 'adversarial': stats}, stats = {'accepted_fraction', 'accepted_accuracy',
     'n'}; accuracy is the fraction of accepted inputs predicted as labels_true, None when
     nothing is accepted.
+
+  Raises:
+    ValueError: a predicted label is outside [0, K).
   """
   with np.errstate(divide='ignore'):
     log_t = np.log(np.asarray(thresholds, np.float64))
   labels_true = np.asarray(labels_true).reshape(-1)
   return {'normal': _accept_stats(kd, log_t, features_nor, pred_nor, labels_true),
           'adversarial': _accept_stats(kd, log_t, features_adv, pred_adv, labels_true)}
-
-
-def _table_columns(with_kept):
-  cols = ['%s %s' % (METRIC_NAMES[m], model) for m in TABLE_METRICS for model in TABLE_MODELS]
-  return cols + ['kept %s' % model for model in TABLE_MODELS] if with_kept else cols
-
-
-def table_markdown(rows, title=None):
-  """Markdown table in the layout of the paper's Table 2.
-
-  Args:
-    rows: list of (attack_name, aucs, [extra]); aucs maps (metric, model) -> AUC or None, metric
-      in TABLE_METRICS and model 'CE' / 'RCE'; optional extra maps model -> number kept.
-    title: optional heading.
-
-  Returns:
-    The Markdown text: AUCs with 4 decimals, `n/c` for not computable (with a footnote), `-`
-    for results that are missing.
-  """
-  with_kept = any(len(r) > 2 and r[2] for r in rows)
-  lines = ['### %s' % title, ''] if title else []
-  cols = ['Attack'] + _table_columns(with_kept)
-  lines += ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-  any_nc = False
-  for row in rows:
-    cells = [str(row[0])]
-    for m in TABLE_METRICS:
-      for model in TABLE_MODELS:
-        if (m, model) not in row[1]:
-          cells.append('-')
-        elif row[1][(m, model)] is None:
-          cells.append('n/c')
-          any_nc = True
-        else:
-          cells.append('%.4f' % row[1][(m, model)])
-    if with_kept:
-      extra = row[2] if len(row) > 2 and row[2] else {}
-      cells += [str(extra.get(model, '-')) for model in TABLE_MODELS]
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  if any_nc:
-    lines += ['', NOT_COMPUTABLE_NOTE]
-  return '\n'.join(lines) + '\n'
-
-
-def table_csv(rows):
-  """The `table_markdown` data as wide CSV: 'nan' for not computable, empty for missing."""
-  buf = io.StringIO()
-  writer = csv.writer(buf, lineterminator='\n')
-  writer.writerow(['Attack'] + _table_columns(True))
-  for row in rows:
-    cells = [row[0]]
-    for m in TABLE_METRICS:
-      for model in TABLE_MODELS:
-        if (m, model) not in row[1]:
-          cells.append('')
-        else:
-          auc = row[1][(m, model)]
-          cells.append('nan' if auc is None else repr(float(auc)))
-    extra = row[2] if len(row) > 2 and row[2] else {}
-    cells += [extra.get(model, '') for model in TABLE_MODELS]
-    writer.writerow(cells)
-  return buf.getvalue()
-
-
-def _save_png(fig, path):
-  """Writes the figure as a PNG atomically; returns the file's SHA-256."""
-  buf = io.BytesIO()
-  fig.savefig(buf, format='png', dpi=100, bbox_inches='tight')
-  return io_utils.atomic_write_bytes(path, buf.getvalue())
-
-
-def plot_roc(curves, path, title):
-  """Writes ROC curves, one PNG, atomically.
-
-  Args:
-    curves: list of (label, fpr [P] float, tpr [P] float, auc float or None).
-    path: output PNG path.
-    title: plot title.
-  """
-  # Figure, not pyplot: no global figure state to close, no GUI backend needed (renders via Agg).
-  fig = Figure(figsize=(5.5, 5))
-  ax = fig.add_subplot(1, 1, 1)
-  ax.plot([0, 1], [0, 1], color='grey', linestyle='--', linewidth=1)
-  for label, fpr, tpr, auc in curves:
-    ax.plot(fpr, tpr, label='%s (AUC %s)' % (label, 'n/c' if auc is None else '%.4f' % auc))
-  ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='False positive rate',
-         ylabel='True positive rate', title=title)
-  if curves:
-    ax.legend(loc='lower right', fontsize='small')
-  return _save_png(fig, path)
-
-
-EXACT_TSNE_MAX = 1500
-
-
-def tsne_embed(features, seed=0, perplexity=30.0):
-  """2-D t-SNE embedding: [N, D] float features (N >= 2) -> [N, 2] float64.
-
-  The perplexity is clipped to min(perplexity, max(5, (N - 1) / 3)) and below N, as
-  scikit-learn requires. Up to EXACT_TSNE_MAX points the exact gradient is used: for the
-  few hundred points of a plot it is much faster than Barnes-Hut's tree set-up.
-  """
-  x = np.asarray(features, np.float32)
-  n = x.shape[0]
-  perp = min(float(perplexity), max(5.0, (n - 1) / 3.0), n - 1.0)
-  method = 'exact' if n <= EXACT_TSNE_MAX else 'barnes_hut'
-  tsne = TSNE(n_components=2, perplexity=perp, init='pca', random_state=seed, method=method)
-  return tsne.fit_transform(x).astype(np.float64)
-
-
-def plot_tsne(panels, path):
-  """Writes t-SNE scatter plots side by side (e.g. CE and RCE), one PNG, atomically.
-
-  Args:
-    panels: list of dicts {'title': str, 'embedding': [N, 2] float, 'labels': [N] int class,
-      'is_adv': [N] bool}; points coloured by class, adversarial ones marked with 'x'.
-    path: output PNG path.
-  """
-  colors = matplotlib.colormaps['tab10'].colors
-  fig = Figure(figsize=(6 * len(panels), 5.5))
-  for i, panel in enumerate(panels):
-    ax = fig.add_subplot(1, len(panels), i + 1)
-    emb = np.asarray(panel['embedding'])
-    labels = np.asarray(panel['labels']).astype(int)
-    is_adv = np.asarray(panel['is_adv'], bool)
-    point_colors = np.asarray(colors)[labels % len(colors)]
-    ax.scatter(emb[~is_adv, 0], emb[~is_adv, 1], c=point_colors[~is_adv], s=6, marker='o')
-    ax.scatter(emb[is_adv, 0], emb[is_adv, 1], c=point_colors[is_adv], s=40, marker='x',
-               linewidths=1.5)
-    handles = [Line2D([], [], marker='o', linestyle='None', color=colors[c], label=str(c))
-               for c in range(NUM_CLASSES)]
-    handles.append(Line2D([], [], marker='x', linestyle='None', color='k', label='adversarial'))
-    ax.legend(handles=handles, loc='best', fontsize='x-small', markerscale=1.2)
-    ax.set_title(panel['title'])
-    ax.set_xticks([])
-    ax.set_yticks([])
-  _save_png(fig, path)

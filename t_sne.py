@@ -16,6 +16,7 @@ import common_flags
 import detection
 import io_utils
 import provenance
+import report_render
 import result_files
 
 flags = common_flags.flags
@@ -33,7 +34,7 @@ def define_flags():
 
 
 def panel(directory, title, eps_round, max_points, seed=0):
-  """One panel dict for detection.plot_tsne from an attack result folder."""
+  """One panel dict for report_render.plot_tsne from an attack result folder."""
   summary = result_files.load_summary(directory)
   index = result_files.round_index(summary, eps_round)
   data = result_files.load_attack_round(directory, index)
@@ -50,7 +51,7 @@ def panel(directory, title, eps_round, max_points, seed=0):
   eps = summary['eps'][index]
   suffix = '' if eps is None else ', eps %g' % eps
   return {'title': '%s (%d normal, %d adversarial%s)' % (title, len(nor), len(adv), suffix),
-          'embedding': detection.tsne_embed(features, seed=seed), 'labels': labels,
+          'embedding': report_render.tsne_embed(features, seed=seed), 'labels': labels,
           'is_adv': is_adv}
 
 
@@ -83,7 +84,7 @@ def main():
                   FLAGS.tsne_max_points, FLAGS.seed) for m, d in present]
   _check_same_data(present)
   io_utils.check_writable_dir(os.path.dirname(os.path.abspath(out)), '--tsne_out')
-  detection.plot_tsne(panels, out)
+  report_render.plot_tsne(panels, out)
   logging.info('t-SNE of %s written to %s', ', '.join(m for m, _ in present), out)
   print('wrote %s' % out)
 

@@ -244,7 +244,7 @@ def test_cw_wb_successes_have_f2_nonpositive_and_reach_target(pipeline):
     data = result_files.load_attack_round(directory, 0)
     kernel, _ = result_files.load_kernel_params(
         result_files.kernel_dir('mnist', pipeline['wb_results']), model == 'RCE', 'mnist')
-    targets = attack_runner.random_targets(data['labels_true'], 0)
+    targets = attack_runner.random_targets(data['labels_true'], 0, 10)
     assert np.all(targets != data['labels_true'])
     reached = data['labels_adv'] == targets
     f2 = _f2_numpy(data['logits_adv'], targets, kernel)
@@ -296,8 +296,8 @@ def test_f2_graph_function_matches_the_formula(pipeline):
         result_files.kernel_dir('mnist', pipeline['wb_results']), rce, 'mnist')
     adv = np.load(os.path.join(directory, 'adv_img.npy'))[0]
     labels = np.loadtxt(os.path.join(directory, 'labels_true')).astype(np.int64)
-    targets = attack_runner.random_targets(labels, 0)
-    hps = resnet_model.default_hparams(batch_size=N_WB, num_residual_units=1, RCE_train=rce)
+    targets = attack_runner.random_targets(labels, 0, 10)
+    hps = resnet_model.default_hparams(num_residual_units=1, RCE_train=rce)
     model = restored_model.RestoredModel(hps, 'mnist', pipeline['models'][model_name])
     try:
       with model.graph.as_default():
@@ -406,7 +406,7 @@ def test_no_kept_examples_gives_nc_not_a_number(tmp_path):
                        20, rng, kept=0)
     feats = rng.normal(size=(200, 64))
     labels = np.arange(200) % 10
-    params = detect_report.kernel_params(feats, labels, rce, per_class=15, subset=10)
+    params = detect_report.kernel_params(feats, labels, rce, 10, per_class=15, subset=10)
     model = result_files.model_name(rce)
     result_files.save_kernel_params(result_files.kernel_dir('mnist', results), rce, feats,
                                     labels, params, {'dataset': 'mnist',

@@ -1,5 +1,7 @@
-"""Tests of detection.py against brute-force references (seeded, CPU, fast)."""
+"""Tests of detection.py against brute-force references, and of report_render.py (seeded, CPU,
+fast)."""
 import csv
+import hashlib
 import io
 import logging
 import math
@@ -12,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import PNG_SIGNATURE  # pylint: disable=g-bad-import-order
 import detection
+import report_render
 
 
 # ---- ROC-AUC ----------------------------------------------------------------------------
@@ -281,19 +284,99 @@ def test_threshold_test_hand_made():
   assert edge['adversarial']['accepted_fraction'] == 0.0
 
 
+# ---- any number of classes --------------------------------------------------------------
+
+MANY_CLASSES = 100
+
+
+def _clustered(centers, labels, rng, scale=0.5):
+  """Features around their class's center: [N] labels -> [N, D] float64."""
+  return centers[labels] + rng.normal(scale=scale, size=(labels.size, centers.shape[1]))
+
+
+def brute_force_accept(features, pred, labels_true, points, point_labels, sigma2, thresholds):
+  """The threshold test one example at a time: (n, accepted fraction, accuracy of accepted)."""
+  dens = brute_force_density(features, pred, points, point_labels, sigma2)
+  accepted = [d >= thresholds[c] for d, c in zip(dens, pred)]
+  n_acc = sum(accepted)
+  correct = sum(1 for a, p, t in zip(accepted, pred, labels_true) if a and p == t)
+  return len(pred), n_acc / len(pred), (correct / n_acc if n_acc else None)
+
+
+def test_detectors_with_100_classes_match_brute_force():
+  k = MANY_CLASSES
+  rng = np.random.RandomState(7)
+  centers = rng.normal(scale=3.0, size=(k, 4))
+  labels = rng.permutation(np.repeat(np.arange(k), 5))
+  features = _clustered(centers, labels, rng)
+  points, point_labels = detection.select_kernel_points(features, labels, k, per_class=3,
+                                                        seed=2)
+  assert points.shape == (3 * k, 4) and point_labels.dtype == np.int64
+  np.testing.assert_array_equal(np.bincount(point_labels, minlength=k), [3] * k)
+  for row, c in zip(points, point_labels):
+    assert np.any(np.all(features[labels == c].astype(np.float32) == row, axis=1))
+
+  sigma2 = detection.sigma2_for(False)
+  kd = detection.KernelDensity(sigma2).fit(points, point_labels)
+  medians = detection.per_class_median_density(kd, features, labels, k)
+  dens = brute_force_density(features, labels, points, point_labels, sigma2)
+  assert medians.shape == (k,) and np.all(medians > 0)
+  np.testing.assert_allclose(medians, [np.median(dens[labels == c]) for c in range(k)],
+                             rtol=1e-9)
+
+  # Normal inputs near their true class (a tenth misclassified); adversarial ones near the
+  # wrong class the model gives them.
+  labels_true = rng.randint(0, k, size=300)
+  pred_nor = np.where(rng.rand(300) < 0.1, rng.randint(0, k, size=300), labels_true)
+  pred_adv = (labels_true + rng.randint(1, k, size=300)) % k
+  features_nor = _clustered(centers, pred_nor, rng)
+  features_adv = _clustered(centers, pred_adv, rng)
+  got = detection.threshold_test(kd, medians, features_nor, pred_nor, labels_true,
+                                 features_adv, pred_adv)
+  for side, feats, pred in (('normal', features_nor, pred_nor),
+                            ('adversarial', features_adv, pred_adv)):
+    n, fraction, accuracy = brute_force_accept(feats, pred, labels_true, points, point_labels,
+                                               sigma2, medians)
+    assert 0 < fraction < 1, side
+    assert got[side]['n'] == n
+    assert got[side]['accepted_fraction'] == pytest.approx(fraction, abs=1e-12)
+    assert got[side]['accepted_accuracy'] == pytest.approx(accuracy, abs=1e-12)
+  assert got['adversarial']['accepted_accuracy'] == 0.0
+
+  logits = rng.normal(scale=3.0, size=(40, k))
+  scores = detection.detection_scores(logits, features_nor[:40], kd)
+  probs = detection.softmax(logits)
+  np.testing.assert_allclose(scores['non_me'], [non_me_reference(row) for row in probs],
+                             rtol=1e-12, atol=1e-15)
+  np.testing.assert_allclose(scores['k_density'], brute_force_density(
+      features_nor[:40], probs.argmax(axis=1), points, point_labels, sigma2), rtol=1e-9)
+
+
+def test_labels_outside_num_classes_raise():
+  features, labels = _training_set([6, 6, 6])
+  with pytest.raises(ValueError, match=r'\[0, 2\)'):
+    detection.select_kernel_points(features, labels, 2, per_class=3)
+  kd = detection.KernelDensity(1.0).fit(features, labels)
+  with pytest.raises(ValueError, match=r'\[0, 2\)'):
+    detection.per_class_median_density(kd, features, labels, 2)
+  with pytest.raises(ValueError, match=r'\[0, 3\)'):
+    detection.threshold_test(kd, [0.5, 0.5, 0.5], features[:2], [0, 3], [0, 1],
+                             features[:2], [0, 1])
+
+
 # ---- report tables and plots -------------------------------------------------------------
 
 
 def _rows():
   full = {(m, model): 0.5 + 0.01 * i + 0.1 * j
-          for i, m in enumerate(detection.TABLE_METRICS) for j, model in enumerate(['CE', 'RCE'])}
-  partial = {(m, 'RCE'): 0.987654321 for m in detection.TABLE_METRICS}
+          for i, m in enumerate(detection.METRICS) for j, model in enumerate(['CE', 'RCE'])}
+  partial = {(m, 'RCE'): 0.987654321 for m in detection.METRICS}
   partial[('k_density', 'RCE')] = None
   return [('fgsm', full, {'CE': 120, 'RCE': 130}), ('carliniL2', partial, {'RCE': 1})]
 
 
 def test_table_markdown_layout():
-  md = detection.table_markdown(_rows(), title='MNIST')
+  md = report_render.table_markdown(_rows(), title='MNIST')
   lines = md.splitlines()
   header = next(l for l in lines if l.startswith('| Attack'))
   assert header == ('| Attack | Confidence CE | Confidence RCE | non-ME CE | non-ME RCE | '
@@ -303,19 +386,19 @@ def test_table_markdown_layout():
   cw = next(l for l in lines if l.startswith('| carliniL2'))
   assert cw == '| carliniL2 | - | 0.9877 | - | 0.9877 | - | n/c | - | 1 |'
   assert 'MNIST' in lines[0]
-  assert detection.NOT_COMPUTABLE_NOTE in md
-  no_nc = detection.table_markdown(_rows()[:1])
+  assert report_render.NOT_COMPUTABLE_NOTE in md
+  no_nc = report_render.table_markdown(_rows()[:1])
   assert 'n/c' not in no_nc and 'kept CE' in no_nc
 
 
 def test_table_csv_round_trip():
   rows = _rows()
-  parsed = list(csv.DictReader(io.StringIO(detection.table_csv(rows))))
+  parsed = list(csv.DictReader(io.StringIO(report_render.table_csv(rows))))
   assert [p['Attack'] for p in parsed] == ['fgsm', 'carliniL2']
   for (_, aucs, extra), p in zip(rows, parsed):
-    for m in detection.TABLE_METRICS:
+    for m in detection.METRICS:
       for model in ('CE', 'RCE'):
-        cell = p['%s %s' % (detection.METRIC_NAMES[m], model)]
+        cell = p['%s %s' % (report_render.METRIC_NAMES[m], model)]
         if (m, model) not in aucs:
           assert cell == ''
         elif aucs[(m, model)] is None:
@@ -339,20 +422,58 @@ def test_plot_roc_writes_png(tmp_path):
   pos, neg = rng.normal(1, 1, 50), rng.normal(0, 1, 50)
   fpr, tpr = detection.roc_curve_points(pos, neg)
   path = str(tmp_path / 'sub' / 'roc.png')
-  detection.plot_roc([('K-density RCE', fpr, tpr, detection.roc_auc(pos, neg)),
-                      ('tiny', [0, 1], [0, 1], None)], path, 'fgsm')
+  sha = report_render.plot_roc([('K-density RCE', fpr, tpr, detection.roc_auc(pos, neg)),
+                                ('tiny', [0, 1], [0, 1], None)], path, 'fgsm')
   _assert_png(path)
+  with open(path, 'rb') as f:
+    assert sha == hashlib.sha256(f.read()).hexdigest()
 
 
 def test_tsne_embed_and_plot(tmp_path):
   rng = np.random.RandomState(0)
   labels = np.arange(60) % 10
   features = rng.normal(size=(60, 16)) + 3 * np.eye(16)[labels]
-  emb = detection.tsne_embed(features, seed=0)
+  emb = report_render.tsne_embed(features, seed=0)
   assert emb.shape == (60, 2) and np.all(np.isfinite(emb))
   is_adv = np.arange(60) >= 50
   path = str(tmp_path / 'tsne.png')
-  detection.plot_tsne([{'title': 'CE', 'embedding': emb, 'labels': labels, 'is_adv': is_adv},
-                       {'title': 'RCE', 'embedding': emb, 'labels': labels,
-                        'is_adv': np.zeros(60, bool)}], path)
+  report_render.plot_tsne([{'title': 'CE', 'embedding': emb, 'labels': labels, 'is_adv': is_adv},
+                           {'title': 'RCE', 'embedding': emb, 'labels': labels,
+                            'is_adv': np.zeros(60, bool)}], path)
   _assert_png(path)
+
+
+def test_threshold_markdown_takes_resolved_titles():
+  stats = lambda frac, acc: {'n': 4, 'accepted_fraction': frac, 'accepted_accuracy': acc}
+  rows = [('FGSM', {'RCE': {'normal': stats(0.75, 1.0), 'adversarial': stats(0.25, 0.0)},
+                    'CE': {'normal': stats(0.5, 0.5), 'adversarial': stats(0.0, None)}})]
+  assert report_render.threshold_markdown(rows).splitlines() == [
+      '| Attack | Model | normal accepted | normal acc. of accepted | adv. accepted | '
+      'adv. acc. of accepted |', '|---|---|---|---|---|---|',
+      '| FGSM | CE | 0.5000 | 0.5000 | 0.0000 | - |',
+      '| FGSM | RCE | 0.7500 | 1.0000 | 0.2500 | 0.0000 |']
+
+
+@pytest.mark.parametrize('k', [3, 10, 20, 21, MANY_CLASSES])
+def test_class_colors_distinct(k):
+  colors = report_render.class_colors(k)
+  assert len(colors) == k
+  assert len({tuple(np.round(c[:3], 6)) for c in colors}) == k
+  if k <= 10:
+    np.testing.assert_array_equal(colors, np.asarray(matplotlib.colormaps['tab10'].colors)[:k])
+
+
+def test_plot_tsne_100_classes(tmp_path):
+  rng = np.random.RandomState(0)
+  labels = np.arange(3 * MANY_CLASSES) % MANY_CLASSES
+  emb = rng.normal(size=(labels.size, 2)) + 5 * rng.normal(size=(MANY_CLASSES, 2))[labels]
+  is_adv = rng.rand(labels.size) < 0.2
+  path = str(tmp_path / 'tsne100.png')
+  panels = [{'title': 'CE', 'embedding': emb, 'labels': labels, 'is_adv': is_adv},
+            {'title': 'RCE', 'embedding': emb[::-1], 'labels': labels, 'is_adv': is_adv}]
+  sha = report_render.plot_tsne(panels, path)
+  _assert_png(path)
+  with open(path, 'rb') as f:
+    assert sha == hashlib.sha256(f.read()).hexdigest()
+  with pytest.raises(ValueError, match='labels'):
+    report_render.plot_tsne(panels, str(tmp_path / 'bad.png'), num_classes=50)

@@ -52,7 +52,7 @@ def _save_kernels(results, fingerprints=None, data_shas=None):
   rng = np.random.RandomState(1)
   for model in ('CE', 'RCE'):
     feats, labels = rng.normal(size=(200, 64)), np.arange(200) % 10
-    params = detect_report.kernel_params(feats, labels, model == 'RCE', per_class=15,
+    params = detect_report.kernel_params(feats, labels, model == 'RCE', 10, per_class=15,
                                          subset=10)
     prov = _provenance(fingerprint=(fingerprints or {}).get(model, 'f' * 64),
                        data_sha=(data_shas or {}).get(model, 't' * 64), model=model)
