@@ -13,7 +13,6 @@ with the speed-up ratio and a check that both give the same images.
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -23,9 +22,13 @@ import attacks  # pylint: disable=g-import-not-at-top
 import dataset_input  # pylint: disable=g-import-not-at-top
 import resnet_model  # pylint: disable=g-import-not-at-top
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timing  # pylint: disable=g-import-not-at-top
+
 tf1 = tf.compat.v1
 
 ALL = ('random', 'fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2', 'carliniL2_highcon')
+SPEC = dataset_input.get_spec('mnist')  # the bundled digits are mnist-shaped
 
 
 def parse_args(argv=None):
@@ -57,12 +60,6 @@ def parse_args(argv=None):
   return args
 
 
-def timed(fn):
-  start = time.time()
-  out = fn()
-  return out, time.time() - start
-
-
 def images_of(pool, n):
   """The first n pool images, tiled when the pool is smaller."""
   reps = -(-n // len(pool))
@@ -76,22 +73,25 @@ def main(argv=None):
   train_x, train_y, test_x, test_y = dataset_input.digits_arrays()
   train_x = (train_x - 0.5)[..., None].astype(np.float32)
   pool_x = (test_x - 0.5)[..., None].astype(np.float32)
+  shape, k = dataset_input.image_shape(SPEC), SPEC.num_classes
+  onehot = np.eye(k, dtype=np.float32)
   hps = resnet_model.default_hparams(num_residual_units=args.num_residual_units,
-                                     RCE_train=True)
+                                     num_classes=k, RCE_train=True)
   config = tf1.ConfigProto(intra_op_parallelism_threads=args.threads)
   graph = tf.Graph()
   with graph.as_default():
     tf1.set_random_seed(args.seed)
     sess = tf1.Session(config=config)
     # A few RCE training steps (momentum, BN updates).
-    tx = tf1.placeholder(tf.float32, [None, 28, 28, 1])
-    ty = tf1.placeholder(tf.float32, [None, 10])
-    logits, _, update_ops = resnet_model.build_network(hps, tx, 'train')
-    loss = resnet_model.rce_loss(logits, ty) + resnet_model.weight_decay(hps)
-    with tf.control_dependencies(update_ops):
+    tx = tf1.placeholder(tf.float32, [None] + list(shape))
+    ty = tf1.placeholder(tf.float32, [None, k])
+    net = resnet_model.build_network(hps, tx, 'train')
+    loss = (resnet_model.classification_loss(net.raw_logits, ty, hps.RCE_train)
+            + resnet_model.weight_decay(hps))
+    with tf.control_dependencies(net.update_ops):
       train_op = tf1.train.MomentumOptimizer(0.05, 0.9).minimize(loss)
-    logits_fn = resnet_model.make_logits_fn(hps)
-    x = tf1.placeholder(tf.float32, [None, 28, 28, 1])
+    logits_fn = resnet_model.make_logits_fn(hps)  # prediction logits
+    x = tf1.placeholder(tf.float32, [None] + list(shape))
     eps = tf1.placeholder(tf.float32, [])
     predictions = tf.argmax(logits_fn(x), 1)
     build = {
@@ -106,24 +106,26 @@ def main(argv=None):
     for name in ('carliniL2', 'carliniL2_highcon'):
       if name in args.attacks:
         cws[name] = attacks.CarliniWagnerL2(
-            sess, logits_fn, (28, 28, 1), args.cw_batch,
+            sess, logits_fn, shape, args.cw_batch,
             confidence=attacks.get_attack(name).confidence, max_iterations=args.cw_iterations,
-            binary_search_steps=args.cw_search_steps)
+            binary_search_steps=args.cw_search_steps, num_classes=k)
     params = int(sum(np.prod(v.shape) for v in tf1.trainable_variables()))
     sess.run(tf1.global_variables_initializer())
     graph.finalize()
 
     rng = np.random.RandomState(args.seed)
-    start = time.time()
-    for _ in range(args.train_steps):
-      idx = rng.randint(0, len(train_x), 64)
-      sess.run(train_op, {tx: train_x[idx], ty: np.eye(10)[train_y[idx]]})
-    train_s = time.time() - start
+
+    def train():
+      for _ in range(args.train_steps):
+        idx = rng.randint(0, len(train_x), 64)
+        sess.run(train_op, {tx: train_x[idx], ty: onehot[train_y[idx]]})
+
+    _, train_s, _ = timing.timed(train)
     accuracy = np.mean(sess.run(predictions, {x: pool_x}) == test_y)
-    print('ResNet-%d (%d parameters) on [B, 28, 28, 1]; %d RCE training steps (%.1fs), '
+    print('ResNet-%d (%d parameters) on [B, %s]; %d RCE training steps (%.1fs), '
           'clean accuracy on %d digits test images %.3f'
-          % (6 * args.num_residual_units + 2, params, args.train_steps, train_s,
-             len(pool_x), accuracy))
+          % (6 * args.num_residual_units + 2, params, ', '.join(map(str, shape)),
+             args.train_steps, train_s, len(pool_x), accuracy))
     print('TensorFlow %s, %d CPU cores visible; eps attacks and JSMA timed after a warm-up '
           'run on 2 images, C&W timings include its first run'
           % (tf.__version__, os.cpu_count()))
@@ -143,8 +145,8 @@ def main(argv=None):
         continue
       images = images_of(pool_x, args.batch_size)
       clean = sess.run(predictions, {x: images})
-      sess.run(ops[name], {x: images[:2], eps: args.eps})
-      adv, seconds = timed(lambda: sess.run(ops[name], {x: images, eps: args.eps}))
+      timing.warm_up(lambda: sess.run(ops[name], {x: images[:2], eps: args.eps}))
+      adv, seconds, _ = timing.timed(lambda: sess.run(ops[name], {x: images, eps: args.eps}))
       iterations = {'bim': '%d steps' % args.nb_iter, 'tgsm': '%d steps' % args.nb_iter}
       report(name, len(images), iterations.get(name, '1 step') + ', eps %g' % args.eps,
              seconds, adv, clean)
@@ -153,14 +155,14 @@ def main(argv=None):
       images = images_of(pool_x, args.jsma_batch)
       clean = sess.run(predictions, {x: images})
       feed = {eps: args.jsma_eps}
-      sess.run(ops['jsma'], {**feed, x: images[:2]})
-      batch_adv, batch_s = timed(lambda: sess.run(ops['jsma'], {**feed, x: images}))
+      timing.warm_up(lambda: sess.run(ops['jsma'], {**feed, x: images[:2]}))
+      batch_adv, batch_s, _ = timing.timed(lambda: sess.run(ops['jsma'], {**feed, x: images}))
 
       def one_at_a_time():
         return np.concatenate([sess.run(ops['jsma'], {**feed, x: images[i:i + 1]})
                                for i in range(len(images))])
 
-      single_adv, single_s = timed(one_at_a_time)
+      single_adv, single_s, _ = timing.timed(one_at_a_time)
       what = '<= %d pixels, theta %g' % (args.jsma_max_iter, args.jsma_eps)
       report('jsma (batch)', len(images), what, batch_s, batch_adv, clean)
       report('jsma (1 at a time)', len(images), what, single_s, single_adv, clean)
@@ -177,8 +179,8 @@ def main(argv=None):
     for name, cw in cws.items():
       images = images_of(pool_x, args.cw_batch)
       clean = sess.run(predictions, {x: images})
-      targets = (clean + rng.randint(1, 10, len(images))) % 10
-      adv, seconds = timed(lambda: cw.attack(images, np.eye(10, dtype=np.float32)[targets]))
+      targets = (clean + rng.randint(1, k, len(images))) % k
+      adv, seconds, _ = timing.timed(lambda: cw.attack(images, onehot[targets]))
       what = '%d x %d Adam, conf %g' % (args.cw_search_steps, args.cw_iterations,
                                         cw.confidence)
       report(name, len(images), what, seconds, adv, clean)

@@ -1,128 +1,18 @@
 """Our attacks (attacks/, TF1 graph mode) against ART, foolbox 3 and cleverhans 4 (TF2 eager).
 
-Same trained ResNet (read from one checkpoint), same images (digits test images in
-[-0.5, 0.5], box [-0.5, 0.5]), same labels and targets, equal iteration counts:
-
-  fgsm   eps 0.1, one step, untargeted (away from the model's own label)
-  bim    eps 0.1, 10 steps of 0.01, no random start, untargeted
-  ilcm   eps 0.1, 10 steps of 0.01 towards the least-likely class (targeted BIM)
-  jsma   theta 1.0, at most 100 changed pixels, towards the least-likely class. Ours is
-         Papernot's one-pixel saliency map on log-softmax, one pixel per iteration; ART's
-         SaliencyMapMethod is ART's simplified variant (two pixels per iteration, ranked by
-         the gradient of the target logit alone), with gamma = 98/784 so that it also changes
-         at most 100 pixels. foolbox 3 and cleverhans 4 (tf2) have no JSMA.
-  cw     Carlini-Wagner L2, targeted at a random class other than the true one (or
-         --cw_untargeted for everybody), 5 binary-search steps x 100 iterations, lr 0.01,
-         initial const 1.0, confidence 0, abort early where the library has it (ART has none:
-         it replaces Adam by a line search of up to 5 halvings + 5 doublings per iteration).
-
-Every library gets the labels (the model's own predictions) or targets precomputed, so none
-spends a forward pass guessing them, and runs its whole batch in one call: ours (attacks/*.py
-in a tf.Graph + tf.compat.v1.Session), ART (TensorFlowV2Classifier; FastGradientMethod,
-BasicIterativeMethod, which ART runs through its TF2 PGD code, SaliencyMapMethod,
-CarliniL2Method), foolbox 3 (TensorFlowModel; LinfFastGradientAttack,
-LinfBasicIterativeAttack, L2CarliniWagnerAttack) and cleverhans 4 (cleverhans.tf2.attacks:
-fast_gradient_method, projected_gradient_descent with rand_init=False, carlini_wagner_l2).
-The process stays in eager mode; ours runs inside `with graph.as_default()` and a Session.
-JSMA uses the first --jsma_num_images (30) images and C&W the first --cw_num_images (10)
-for every library, because ART's versions need minutes for more.
-
-The peers call `peers_model.EagerResNet`: the same eval-mode network rebuilt in eager TF2 (one
-tf.function with a dynamic-batch signature, traced once) from the checkpoint's variables; its
-flipped logits are checked against ours (graph mode, restored checkpoint) to 1e-4 first. It
-keeps every BN as its own op, as a user of those libraries would write the model, while ours
-runs resnet_model's eval graph, which folds each unit's second BN into the conv before it:
-about 5 % of ours' time per gradient step, and all of ours' lead on FGSM, BIM and ILCM, whose
-attack loops are otherwise the same ops as cleverhans's (they tied before the fold).
-
-Timing: ms per example = wall time of one call on all of the attack's images / images; the
-process CPU time (all threads) is printed beside it, because on a shared machine the wall
-time is noisy and CPU time much less so. Before timing, each library makes one untimed
-warm-up call so that tracing, graph optimization and kernel set-up are not counted: on the
-first 4 images with the real settings for ours' batch-agnostic graph ops; on the full batch
-with iterations cut to 1 for the peers (cleverhans's tf.functions are traced per input shape
-and, for C&W, per instance, so a smaller batch would leave a trace in the timed call); our
-C&W (a fixed-batch graph whose first run pays ~1.5 s of graph optimization) runs one full
-binary-search step of the real instance. Then --repeats rounds of one timed call per
-library, the order rotated each round so that load from other processes hits all of them,
-and the minimum is kept; a library stops repeating after a call of 10 s or more, and gets
-4x --repeats rounds while its calls take under 2 s (FGSM: ~0.25 s a call, the noisiest).
-Success rate: untargeted = prediction != true label, targeted = prediction == target, both
-among the images the model classifies correctly; mean L2 over the successful ones; max L-inf
-as a sanity check. All predictions come from the same eager model on the returned images.
-
-ART's C&W needs minutes per image (per iteration, one forward + backward pass of the batch
-per distinct target class and per distinct runner-up class, plus up to 10 forward passes of
-line search, and no abort early): when a 1-iteration run predicts more than --peer_time_cap
-seconds, it runs fewer iterations and its time is extrapolated linearly (marked "~", no
-success rate or L2). Attacks that stop early (JSMA, the other C&Ws) always run in full.
+Every library attacks the same trained ResNet (one checkpoint; the peers through
+`peers_model.EagerResNet`) on the same images, labels and targets with equal iteration
+counts, each behind a small adapter class (`Library`). What is compared, the settings, how it
+is timed and scored, and the workarounds for the peers' pitfalls: benchmarks/README.md.
 
   /tmp/peers-venv/bin/python benchmarks/peers.py --log_root=/tmp/peers_model --rce
-      [--train_steps 300] [--num_residual_units 5] [--num_images 100] [--jsma_num_images 30]
-      [--cw_num_images 10] [--attacks fgsm,bim,ilcm,jsma,cw]
-      [--libraries ours,art,foolbox,cleverhans] [--bim_steps 10] [--jsma_max_pixels 100]
-      [--cw_binary_search_steps 5] [--cw_max_iterations 100] [--repeats 3]
-      [--peer_time_cap 60] [--cleverhans_cw_as_is]
-
---log_root is trained first (train.py, a subprocess, on the digits data made with
-dataset_input.convert_digits in --data_dir) when it has no checkpoint of at least
---train_steps steps; --rce says the model is (to be) trained with RCE, so that everything
-uses the flipped logits. Setup (a separate virtualenv; the peers are never installed into
-the main interpreter):
-
-  python -m venv /tmp/peers-venv --system-site-packages
-  /tmp/peers-venv/bin/pip install -r benchmarks/requirements-peers.txt
-
-Pitfalls (ART 1.20.1, foolbox 3.3.4, cleverhans 4.0.0 on TF 2.21 / Keras 3.15 / NumPy 2.4)
-and what this script does about them:
-  * cleverhans 4 C&W, Keras 3: it builds `tf.keras.optimizers.Adam` and calls
-    `self.optimizer.variables()` to restart Adam at each binary-search step; in Keras 3
-    `variables` is a property (a list): "TypeError: 'list' object is not callable". Also, a
-    Keras 3 optimizer lists its learning rate among its variables, so zeroing them all (what
-    cleverhans does) would set lr to 0, and it holds only the iteration counter before its
-    first apply. Workaround: `_KerasAdamShim` replaces the attack's optimizer: a Keras 3 Adam
-    built for the modifier on first use, whose callable `variables()` returns the iteration
-    counter and the m/v slots, not the learning rate.
-  * cleverhans 4 C&W bug: `const = tf.ones(shape) * initial_const` uses the IMAGE shape
-    [B, H, W, C] instead of [B]; `reduce_sum(const * loss_1)` then broadcasts to
-    [B, H, W, B] (C = 1) and weights the classification term by B*H*W*c (7840 here) instead
-    of c, and the binary search's bounds broadcast the same way (the tf.function retraces
-    as their shape changes). It runs, but optimises a different trade-off (mean L2 0.78 vs
-    0.46 for the others in our runs). Workaround (default): `_per_example_const` swaps the
-    module's `tf` for a proxy whose `ones` cuts a >1-D shape to [B] (tf.ones is called only
-    there and for the [B] upper bounds). --cleverhans_cw_as_is runs it unpatched.
-  * cleverhans 4 depends on tensorflow-probability (unpinned; pip resolves 0.25, which
-    imports with TF 2.21; its tf2 attacks do not import it) and pulls in nose, pycodestyle and
-    mnist (unused here). `cleverhans.tf2.utils.compute_gradient` is a module-level
-    tf.function keyed on input shapes, and C&W's `gradient` a tf.function method traced per
-    instance: see the warm-up above (one C&W instance per batch, iteration counts set on it).
-  * ART TensorFlowV2Classifier: calls `self.model(x, training=...)`, so the model must take
-    `training` (EagerResNet.__call__ does). Its compute_loss sets
-    `tf.keras.losses.Reduction.NONE`, which Keras 3 no longer has; the attacks here only use
-    loss_gradient/class_gradient/predict, which do not touch it (the Keras 3
-    CategoricalCrossentropy's mean reduction only scales the gradient; FGSM/BIM take its
-    sign). class_gradient with a per-example label array loops over the distinct labels, one
-    forward + backward pass of the whole batch each, and calls tape.gradient inside a
-    persistent tape's context (TF warns "significantly less efficient"); its first call takes
-    ~20-30 s (the warm-up, not timed).
-  * ART defaults: batch_size=1 (JSMA, C&W) or 32 (FGSM, PGD), set to the whole batch here;
-    CarliniL2Method defaults to initial_const 0.01, 10 binary-search steps, 10 iterations,
-    set explicitly. ART's import warns "PyTorch not found" (silenced).
-  * foolbox 3: TensorFlowModel calls the deprecated `tf.test.is_gpu_available()` when no
-    device is given, so the device is passed. L2CarliniWagnerAttack starts from
-    best_advs = zeros and returns an all-zero image (not the input) for every example it
-    never made adversarial, and its own `success` is computed on that zero image, so an
-    untargeted run reports those as successes with L2 ~8 (seen here). Workaround: all-zero
-    rows are put back to the input before the uniform success check. Labels and target
-    classes must be int tensors of shape (N,).
-  * NumPy 2: nothing needed a shim on these code paths (ART 1.20, foolbox 3.3.4 with eagerpy
-    0.30, cleverhans 4.0.0's tf2 attacks use no removed alias). Should a peer import fail on
-    one, it is retried once with np.float/np.int/np.bool/... restored (`_numpy2_aliases`);
-    a library that still fails to import is reported as "not available: <reason>" and the
-    others run.
+      [--train_steps 300] [--num_images 100] [--attacks fgsm,bim,ilcm,jsma,cw]
+      [--libraries ours,art,foolbox,cleverhans] [--repeats 3] [...]  (--help lists all)
 """
 import argparse
+import collections
 import contextlib
+import functools
 import io
 import os
 import subprocess
@@ -147,15 +37,21 @@ import dataset_input  # pylint: disable=g-import-not-at-top
 import peers_model  # pylint: disable=g-import-not-at-top
 import resnet_model  # pylint: disable=g-import-not-at-top
 import restored_model  # pylint: disable=g-import-not-at-top
+import timing  # pylint: disable=g-import-not-at-top
 
 tf1 = tf.compat.v1
 
 ATTACKS = ('fgsm', 'bim', 'ilcm', 'jsma', 'cw')
-LIBRARIES = ('ours', 'art', 'foolbox', 'cleverhans')
+OURS = 'ours'  # the library every peer is compared with
 CLIP_MIN, CLIP_MAX = -0.5, 0.5
 WARMUP_IMAGES = 4
 SHORT_CALL_S = 2.0  # calls shorter than this get 4x --repeats timed rounds
+LONG_CALL_S = 10.0  # a library stops repeating after a call this long
 TARGETED = {'fgsm': False, 'bim': False, 'ilcm': True, 'jsma': True}
+# The targets beyond "ours no slower than the fastest peer": ours' JSMA this many times faster
+# per example than that peer's, ours' C&W mean L2 no worse than that peer's.
+JSMA_SPEED_TARGET = ('art', 10.0)
+CW_L2_TARGET = 'foolbox'
 
 
 def parse_args(argv=None):
@@ -181,7 +77,7 @@ def parse_args(argv=None):
                  help='timed rounds per (library, attack), the minimum is reported; none '
                       'after a call of 10 s, 4x as many while calls take under 2 s')
   p.add_argument('--attacks', default=','.join(ATTACKS))
-  p.add_argument('--libraries', default=','.join(LIBRARIES))
+  p.add_argument('--libraries', default=','.join(ADAPTERS))
   p.add_argument('--eps', type=float, default=0.1, help='L-inf budget of fgsm/bim/ilcm')
   p.add_argument('--bim_steps', type=int, default=10, help='steps of bim and ilcm (eps/steps)')
   p.add_argument('--jsma_theta', type=float, default=1.0)
@@ -194,7 +90,7 @@ def parse_args(argv=None):
                  help='untargeted C&W for everybody (default: a random target != true label)')
   p.add_argument('--cleverhans_cw_as_is', action='store_true',
                  help='run cleverhans 4 C&W with its const-shape bug (default: fixed, see '
-                      'Pitfalls)')
+                      'Pitfalls in benchmarks/README.md)')
   p.add_argument('--peer_time_cap', type=float, default=60.0,
                  help='seconds; ART\'s C&W, if estimated to take longer, runs fewer '
                       'iterations and is extrapolated linearly (0: no cap)')
@@ -206,13 +102,14 @@ def parse_args(argv=None):
     if name not in ATTACKS:
       p.error('unknown attack %r; expected some of %s' % (name, ','.join(ATTACKS)))
   for name in args.libraries:
-    if name not in LIBRARIES:
-      p.error('unknown library %r; expected some of %s' % (name, ','.join(LIBRARIES)))
+    if name not in ADAPTERS:
+      p.error('unknown library %r; expected some of %s' % (name, ','.join(ADAPTERS)))
   return args
 
 
 # ---------------------------------------------------------------------------- data and model
 def ensure_data(data_dir):
+  """The digits test file in `data_dir`, written there first when missing."""
   test = os.path.join(data_dir, 'data_test.bin')
   if not os.path.exists(test):
     dataset_input.convert_digits(data_dir)
@@ -253,7 +150,7 @@ class OursGraph(object):
     self.graph, self.sess, self.step = self.model.graph, self.model.sess, self.model.step
     self.x, self.logits = self.model.images, self.model.logits
     self.image_shape = tuple(self.x.shape[1:])
-    self.logits_fn = lambda x: self.model.model_fn(x)[0]
+    self.logits_fn = lambda x: self.model.model_fn(x)[0]  # prediction logits
     with self.graph.as_default():
       self.target = tf1.placeholder(tf.float32, [None, hps.num_classes], name='target')
       self.label = tf1.placeholder(tf.float32, [None, hps.num_classes], name='label')
@@ -269,17 +166,20 @@ class OursGraph(object):
       self.ops = {name: op() for name, op in build.items() if name in args.attacks}
 
   def predict(self, x):
+    """Prediction logits [N, K] of images x."""
     return self.sess.run(self.logits, {self.x: x})
 
   def run(self, attack, x, labels, targets):
+    """Adversarial images of one of the eps attacks or JSMA (the graph ops built above)."""
     feed = {self.x: x}
     if is_targeted(attack, self.args):
-      feed[self.target] = onehot(targets)
+      feed[self.target] = onehot(targets, self.hps.num_classes)
     else:
-      feed[self.label] = onehot(labels)
+      feed[self.label] = onehot(labels, self.hps.num_classes)
     return self.sess.run(self.ops[attack], feed)
 
   def carlini(self, batch_size, bss, iters):
+    """A CarliniWagnerL2 of the flags' settings for a fixed batch size."""
     a = self.args
     with self.graph.as_default():
       return attacks.CarliniWagnerL2(
@@ -289,7 +189,8 @@ class OursGraph(object):
           clip_min=CLIP_MIN, clip_max=CLIP_MAX, num_classes=self.hps.num_classes)
 
 
-def onehot(labels, k=10):
+def onehot(labels, k):
+  """float32 one-hot [N, k] of int labels [N]."""
   return np.eye(k, dtype=np.float32)[np.asarray(labels)]
 
 
@@ -305,51 +206,14 @@ def iteration_cap(scale):
   return scale[1] if isinstance(scale, tuple) else None
 
 
-# ---------------------------------------------------------------------------- peer imports
+
+# ---------------------------------------------------------------------------- peer workarounds
 def _numpy2_aliases():
   """Restores NumPy 1 aliases removed in NumPy 2 (only used if a peer import needs them)."""
   for name, value in (('float', float), ('int', int), ('bool', bool), ('complex', complex),
                       ('object', object), ('str', str)):
     if name not in np.__dict__:
       setattr(np, name, value)
-
-
-def import_peer(name):
-  """(module dict, None) or (None, reason). Retries once with NumPy 1 aliases."""
-  def load():
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-      warnings.simplefilter('ignore')
-      # pylint: disable=g-import-not-at-top
-      if name == 'art':
-        import art
-        from art.attacks import evasion
-        from art.estimators.classification import TensorFlowV2Classifier
-        return {'version': art.__version__, 'evasion': evasion,
-                'TensorFlowV2Classifier': TensorFlowV2Classifier}
-      if name == 'foolbox':
-        import foolbox
-        return {'version': foolbox.__version__, 'fb': foolbox}
-      if name == 'cleverhans':
-        from importlib import metadata
-        from cleverhans.tf2.attacks import carlini_wagner_l2
-        from cleverhans.tf2.attacks import fast_gradient_method as fgm
-        from cleverhans.tf2.attacks import projected_gradient_descent as pgd
-        return {'version': metadata.version('cleverhans'), 'cw': carlini_wagner_l2,
-                'fgm': fgm.fast_gradient_method, 'pgd': pgd.projected_gradient_descent}
-      # pylint: enable=g-import-not-at-top
-    raise ValueError(name)
-
-  try:
-    return load(), None
-  except AttributeError as e:  # e.g. np.float on NumPy 2
-    first = e
-    _numpy2_aliases()
-    try:
-      return load(), 'needed NumPy 1 aliases (%s)' % first
-    except Exception as e2:  # pylint: disable=broad-except
-      return None, '%s: %s' % (type(e2).__name__, e2)
-  except Exception as e:  # pylint: disable=broad-except
-    return None, '%s: %s' % (type(e).__name__, str(e).splitlines()[0] if str(e) else '')
 
 
 class _KerasAdamShim(object):
@@ -410,77 +274,116 @@ def _per_example_const(cw_module):
     cw_module.tf = saved
 
 
-# ---------------------------------------------------------------------------- runners
+# ---------------------------------------------------------------------------- the adapters
 class Skip(Exception):
   """The library has no such attack (reported as n/a)."""
 
 
-class Context(object):
-  """Everything the runners share."""
-
-  def __init__(self, args, model, ours, peers):
-    self.args, self.model, self.ours, self.peers = args, model, ours, peers
-    self.image_shape = model.image_shape
-    self.num_features = int(np.prod(self.image_shape))
-    self.device = '/GPU:0' if tf.config.list_physical_devices('GPU') else '/CPU:0'
-    self._art_classifier = None
-    self._fmodel = None
-
-  def art_classifier(self):
-    if self._art_classifier is None:
-      p = self.peers['art']
-      self._art_classifier = p['TensorFlowV2Classifier'](
-          model=self.model, nb_classes=10, input_shape=self.image_shape,
-          loss_object=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
-          clip_values=(CLIP_MIN, CLIP_MAX))
-    return self._art_classifier
-
-  def fmodel(self):
-    if self._fmodel is None:
-      fb = self.peers['foolbox']['fb']
-      self._fmodel = fb.TensorFlowModel(self.model, bounds=(CLIP_MIN, CLIP_MAX),
-                                        device=self.device)
-    return self._fmodel
+class Unavailable(Exception):
+  """The library cannot be imported; the message says why."""
 
 
-def runner(ctx, lib, attack):
-  """Returns run(x, labels, targets, scale) -> adv images (numpy).
+Setup = collections.namedtuple('Setup', [
+    'args',  # the parsed flags
+    'model',  # peers_model.EagerResNet: what the peers attack, and what scores everybody
+    'ours',  # OursGraph: our model and attack graphs
+    'num_classes',  # K, the width of the logits
+])
 
-  labels: the model's own predictions on x (int [N]); targets: int [N] (targeted attacks).
-  scale: 'full', 'warmup' (iterations cut to 1 on the full batch, or the first images with
-  the real settings where nothing is batch-shape specialised), or ('iters', k) for a capped
-  run with k iterations instead of the full count (peers only).
+
+class Library(object):
+  """One attack library behind the interface `measure_attack` times.
+
+  A subclass names its library (`name`, the --libraries value), imports it (`_import`) and
+  builds the calls (`runner`); `capped` and `note` say what is special about it. Images are
+  float32 [N, H, W, C] in [CLIP_MIN, CLIP_MAX]; labels and targets int [N].
   """
-  a = ctx.args
-  eps, steps, step = a.eps, a.bim_steps, a.eps / a.bim_steps
-  bss, iters = a.cw_binary_search_steps, a.cw_max_iterations
-  cw_targeted = not a.cw_untargeted
-  jsma_gamma = (a.jsma_max_pixels - 2) / float(ctx.num_features)
+  name = None
+  is_peer = True  # listed among the peers (versions) and compared with ours
 
-  if lib == 'ours':
-    ours = ctx.ours
+  def __init__(self, setup):
+    self.setup = setup
+    self.version = None
+    a = self.args = setup.args
+    self.eps, self.steps, self.step = a.eps, a.bim_steps, a.eps / a.bim_steps
+    self.bss, self.iters = a.cw_binary_search_steps, a.cw_max_iterations
+    self.cw_targeted = not a.cw_untargeted
+
+  def onehot(self, labels):
+    return onehot(labels, self.setup.num_classes)
+
+  def _import(self):
+    """Imports the library's modules (kept on self); returns its version text."""
+    raise NotImplementedError
+
+  def _quiet_import(self):
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+      warnings.simplefilter('ignore')
+      return self._import()
+
+  def load(self):
+    """Imports the library, retrying once with NumPy 1 aliases (see _numpy2_aliases).
+
+    Returns:
+      '' or, after a retry, a note saying why it was needed; `version` is set.
+
+    Raises:
+      Unavailable: the import failed; its message is the reason.
+    """
+    try:
+      self.version = self._quiet_import()
+      return ''
+    except AttributeError as e:  # e.g. np.float on NumPy 2
+      first = e
+    except Exception as e:  # pylint: disable=broad-except
+      raise Unavailable('%s: %s' % (type(e).__name__,
+                                    str(e).splitlines()[0] if str(e) else ''))
+    _numpy2_aliases()
+    try:
+      self.version = self._quiet_import()
+    except Exception as e:  # pylint: disable=broad-except
+      raise Unavailable('%s: %s' % (type(e).__name__, e))
+    return 'needed NumPy 1 aliases (%s)' % first
+
+  def runner(self, attack):
+    """Returns run(x, labels, targets, scale) -> adversarial images (numpy) of `attack`.
+
+    labels: the model's own predictions on x (int [N]); targets: int [N] (targeted attacks).
+    scale: 'full', 'warmup' (iterations cut to 1 on the full batch, or the first images with
+    the real settings where nothing is batch-shape specialised), or ('iters', k) for a capped
+    run with k iterations instead of the full count (see `capped`).
+
+    Raises:
+      Skip: the library has no such attack.
+    """
+    raise NotImplementedError
+
+  def capped(self, attack):
+    """Whether a call that would take over --peer_time_cap may run fewer iterations and be
+    extrapolated linearly: only where the time per iteration is about constant (no abort
+    early), never for attacks that stop early."""
+    del attack
+    return False
+
+  def note(self, attack, targets):
+    """Text added to the result's note (after the warm-up time)."""
+    del attack, targets
+    return ''
+
+
+class Ours(Library):
+  """attacks/ in our restored model's graph and Session (OursGraph)."""
+  name = OURS
+  is_peer = False
+
+  def load(self):
+    self.version = 'this repository'
+    return ''
+
+  def runner(self, attack):
+    ours = self.setup.ours
     if attack == 'cw':
-      cache = {}
-
-      def run_cw(x, labels, targets, scale):
-        # The graph has a fixed batch and a baked-in iteration count, and its first run pays
-        # graph optimization (about 1.5 s here). The warm-up builds the real instance and runs
-        # one binary-search step of it on the full batch (binary_search_steps is read by the
-        # numpy loop of `attack`, so setting it on the instance changes no graph).
-        n = len(x)
-        if n not in cache:
-          cache[n] = ours.carlini(n, bss, iters)
-        cw = cache[n]
-        y = onehot(targets if cw_targeted else labels)
-        if scale != 'warmup':
-          return cw.attack(x, y)
-        saved = cw.binary_search_steps, cw.repeat
-        cw.binary_search_steps, cw.repeat = 1, False
-        try:
-          return cw.attack(x, y)
-        finally:
-          cw.binary_search_steps, cw.repeat = saved
-      return run_cw
+      return self._cw_runner()
 
     def run_eps(x, labels, targets, scale):
       if scale == 'warmup':
@@ -489,65 +392,152 @@ def runner(ctx, lib, attack):
       return ours.run(attack, x, labels, targets)
     return run_eps
 
-  if lib == 'art':
-    ev = ctx.peers['art']['evasion']
-    clf = ctx.art_classifier()
+  def _cw_runner(self):
+    cache = {}
 
-    def make_art(scale, n):
-      k = iteration_cap(scale)
-      if attack == 'fgsm':
-        return ev.FastGradientMethod(clf, norm=np.inf, eps=eps, targeted=False,
-                                     num_random_init=0, batch_size=n)
-      if attack in ('bim', 'ilcm'):
-        return ev.BasicIterativeMethod(clf, eps=eps, eps_step=step, max_iter=k or steps,
-                                       targeted=attack == 'ilcm', batch_size=n, verbose=False)
-      if attack == 'jsma':
-        gamma = jsma_gamma if k is None else (2 * k - 1) / float(ctx.num_features)
-        return ev.SaliencyMapMethod(clf, theta=a.jsma_theta, gamma=gamma, batch_size=n,
-                                    verbose=False)
-      if attack == 'cw':
-        return ev.CarliniL2Method(clf, confidence=0.0, targeted=cw_targeted,
-                                  learning_rate=a.cw_learning_rate,
-                                  binary_search_steps=1 if k else bss,
-                                  max_iter=k or iters, initial_const=a.cw_initial_const,
-                                  batch_size=n, verbose=False)
-      raise ValueError(attack)
+    def run_cw(x, labels, targets, scale):
+      # The graph has a fixed batch and a baked-in iteration count, and its first run pays
+      # graph optimization (about 1.5 s here). The warm-up builds the real instance and runs
+      # one binary-search step of it on the full batch (binary_search_steps is read by the
+      # numpy loop of `attack`, so setting it on the instance changes no graph).
+      n = len(x)
+      if n not in cache:
+        cache[n] = self.setup.ours.carlini(n, self.bss, self.iters)
+      cw = cache[n]
+      y = self.onehot(targets if self.cw_targeted else labels)
+      if scale != 'warmup':
+        return cw.attack(x, y)
+      saved = cw.binary_search_steps, cw.repeat
+      cw.binary_search_steps, cw.repeat = 1, False
+      try:
+        return cw.attack(x, y)
+      finally:
+        cw.binary_search_steps, cw.repeat = saved
+    return run_cw
+
+
+class Art(Library):
+  """adversarial-robustness-toolbox: TensorFlowV2Classifier and its evasion attacks."""
+  name = 'art'
+
+  def __init__(self, setup):
+    super(Art, self).__init__(setup)
+    self._evasion = self._classifier_class = self._classifier = None
+
+  def _import(self):
+    # pylint: disable=g-import-not-at-top
+    import art
+    from art.attacks import evasion
+    from art.estimators.classification import TensorFlowV2Classifier
+    # pylint: enable=g-import-not-at-top
+    self._evasion, self._classifier_class = evasion, TensorFlowV2Classifier
+    return art.__version__
+
+  def classifier(self):
+    """The TensorFlowV2Classifier of the eager model, built once."""
+    if self._classifier is None:
+      self._classifier = self._classifier_class(
+          model=self.setup.model, nb_classes=self.setup.num_classes,
+          input_shape=self.setup.model.image_shape,
+          loss_object=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
+          clip_values=(CLIP_MIN, CLIP_MAX))
+    return self._classifier
+
+  def capped(self, attack):
+    # C&W: no abort early, and a line search per iteration.
+    return attack == 'cw'
+
+  def note(self, attack, targets):
+    if attack in ('jsma', 'cw'):
+      return '; %d distinct target classes' % len(np.unique(targets))
+    return ''
+
+  def _attack(self, attack, scale, n):
+    ev, clf, a = self._evasion, self.classifier(), self.args
+    k = iteration_cap(scale)
+    if attack == 'fgsm':
+      return ev.FastGradientMethod(clf, norm=np.inf, eps=self.eps, targeted=False,
+                                   num_random_init=0, batch_size=n)
+    if attack in ('bim', 'ilcm'):
+      return ev.BasicIterativeMethod(clf, eps=self.eps, eps_step=self.step,
+                                     max_iter=k or self.steps, targeted=attack == 'ilcm',
+                                     batch_size=n, verbose=False)
+    if attack == 'jsma':
+      # ART changes two pixels per iteration and stops once the fraction gamma of the pixels
+      # has changed: (max - 2) / pixels lets it change at most --jsma_max_pixels, and
+      # (2k - 1) / pixels stops a capped run after k iterations.
+      pixels = a.jsma_max_pixels - 2 if k is None else 2 * k - 1
+      gamma = pixels / float(np.prod(self.setup.model.image_shape))
+      return ev.SaliencyMapMethod(clf, theta=a.jsma_theta, gamma=gamma, batch_size=n,
+                                  verbose=False)
+    if attack == 'cw':
+      return ev.CarliniL2Method(clf, confidence=0.0, targeted=self.cw_targeted,
+                                learning_rate=a.cw_learning_rate,
+                                binary_search_steps=1 if k else self.bss,
+                                max_iter=k or self.iters, initial_const=a.cw_initial_const,
+                                batch_size=n, verbose=False)
+    raise ValueError(attack)
+
+  def runner(self, attack):
+    self.classifier()  # built before the warm-up call
 
     def run_art(x, labels, targets, scale):
-      y = targets if is_targeted(attack, a) else labels
+      y = targets if is_targeted(attack, self.args) else labels
       with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        return make_art(scale, len(x)).generate(x, y=onehot(y))
+        return self._attack(attack, scale, len(x)).generate(x, y=self.onehot(y))
     return run_art
 
-  if lib == 'foolbox':
-    fb = ctx.peers['foolbox']['fb']
+
+class Foolbox(Library):
+  """foolbox 3: TensorFlowModel and its Linf / L2 attacks (no JSMA)."""
+  name = 'foolbox'
+
+  def __init__(self, setup):
+    super(Foolbox, self).__init__(setup)
+    self._fb = self._fmodel = None
+
+  def _import(self):
+    import foolbox  # pylint: disable=g-import-not-at-top
+    self._fb = foolbox
+    return foolbox.__version__
+
+  def fmodel(self):
+    """The TensorFlowModel of the eager model, built once (with its device: see README)."""
+    if self._fmodel is None:
+      device = '/GPU:0' if tf.config.list_physical_devices('GPU') else '/CPU:0'
+      self._fmodel = self._fb.TensorFlowModel(self.setup.model, bounds=(CLIP_MIN, CLIP_MAX),
+                                              device=device)
+    return self._fmodel
+
+  def _attack(self, attack, scale):
+    fb, a = self._fb, self.args
+    k = iteration_cap(scale)
+    if attack == 'fgsm':
+      return fb.attacks.LinfFastGradientAttack(random_start=False)
+    if attack in ('bim', 'ilcm'):
+      return fb.attacks.LinfBasicIterativeAttack(abs_stepsize=self.step, steps=k or self.steps,
+                                                 random_start=False)
+    if attack == 'cw':
+      return fb.attacks.L2CarliniWagnerAttack(
+          binary_search_steps=1 if k else self.bss, steps=k or self.iters,
+          stepsize=a.cw_learning_rate, confidence=0.0, initial_const=a.cw_initial_const,
+          abort_early=True)
+    raise ValueError(attack)
+
+  def runner(self, attack):
     if attack == 'jsma':
       raise Skip('foolbox 3 has no JSMA')
-    fmodel = ctx.fmodel()
-
-    def make_fb(scale):
-      k = iteration_cap(scale)
-      if attack == 'fgsm':
-        return fb.attacks.LinfFastGradientAttack(random_start=False)
-      if attack in ('bim', 'ilcm'):
-        return fb.attacks.LinfBasicIterativeAttack(abs_stepsize=step, steps=k or steps,
-                                                   random_start=False)
-      if attack == 'cw':
-        return fb.attacks.L2CarliniWagnerAttack(
-            binary_search_steps=1 if k else bss, steps=k or iters,
-            stepsize=a.cw_learning_rate, confidence=0.0, initial_const=a.cw_initial_const,
-            abort_early=True)
-      raise ValueError(attack)
+    fb, fmodel = self._fb, self.fmodel()
 
     def run_fb(x, labels, targets, scale):
       xt = tf.constant(x)
-      if is_targeted(attack, a):
+      if is_targeted(attack, self.args):
         criterion = fb.criteria.TargetedMisclassification(tf.constant(targets, tf.int64))
       else:
         criterion = fb.criteria.Misclassification(tf.constant(labels, tf.int64))
-      epsilons = None if attack == 'cw' else eps
-      _, clipped, _ = make_fb(scale)(fmodel, xt, criterion, epsilons=epsilons)
+      epsilons = None if attack == 'cw' else self.eps
+      _, clipped, _ = self._attack(attack, scale)(fmodel, xt, criterion, epsilons=epsilons)
       adv = clipped.numpy()
       if attack == 'cw':
         # foolbox starts C&W from best_advs = zeros and returns zeros where it never found an
@@ -560,50 +550,77 @@ def runner(ctx, lib, attack):
       return adv
     return run_fb
 
-  if lib == 'cleverhans':
-    ch = ctx.peers['cleverhans']
-    model = ctx.model
+
+class Cleverhans(Library):
+  """cleverhans 4: the tf2 attack functions and CarliniWagnerL2 (no TF2 JSMA)."""
+  name = 'cleverhans'
+
+  def __init__(self, setup):
+    super(Cleverhans, self).__init__(setup)
+    self._cw_module = self._fgm = self._pgd = None
+
+  def _import(self):
+    # pylint: disable=g-import-not-at-top
+    from importlib import metadata
+    from cleverhans.tf2.attacks import carlini_wagner_l2
+    from cleverhans.tf2.attacks import fast_gradient_method as fgm
+    from cleverhans.tf2.attacks import projected_gradient_descent as pgd
+    # pylint: enable=g-import-not-at-top
+    self._cw_module = carlini_wagner_l2
+    self._fgm, self._pgd = fgm.fast_gradient_method, pgd.projected_gradient_descent
+    return metadata.version('cleverhans')
+
+  def runner(self, attack):
     if attack == 'jsma':
       raise Skip('cleverhans 4 has no TF2 JSMA')
     if attack == 'cw':
-      instances = {}
-
-      def run_ch_cw(x, labels, targets, scale):
-        # One instance per batch: its `gradient` is a tf.function method, traced per instance
-        # (at the warm-up); the iteration counts are plain attributes its Python loop reads.
-        k = iteration_cap(scale)
-        y = onehot(targets if cw_targeted else labels)
-        if len(x) not in instances:
-          instances[len(x)] = ch['cw'].CarliniWagnerL2(
-              model, y=y if cw_targeted else None, targeted=cw_targeted, batch_size=len(x),
-              clip_min=CLIP_MIN, clip_max=CLIP_MAX, binary_search_steps=bss,
-              max_iterations=iters, abort_early=True, confidence=0.0,
-              initial_const=a.cw_initial_const, learning_rate=a.cw_learning_rate)
-        cw = instances[len(x)]
-        cw.binary_search_steps, cw.max_iterations = (1, k) if k else (bss, iters)
-        cw.optimizer = _KerasAdamShim(a.cw_learning_rate)
-        if a.cleverhans_cw_as_is:
-          return cw.attack(x)
-        with _per_example_const(ch['cw']):
-          return cw.attack(x)
-      return run_ch_cw
+      return self._cw_runner()
+    model = self.setup.model
 
     def run_ch(x, labels, targets, scale):
       xt = tf.constant(x)
       if attack == 'fgsm':
-        return ch['fgm'](model, xt, eps, np.inf, clip_min=CLIP_MIN, clip_max=CLIP_MAX,
+        return self._fgm(model, xt, self.eps, np.inf, clip_min=CLIP_MIN, clip_max=CLIP_MAX,
                          y=tf.constant(labels, tf.int64), targeted=False).numpy()
-      k = iteration_cap(scale) or steps
+      k = iteration_cap(scale) or self.steps
       y = tf.constant(targets if attack == 'ilcm' else labels, tf.int64)
-      return ch['pgd'](model, xt, eps, step, k, np.inf, clip_min=CLIP_MIN,
+      return self._pgd(model, xt, self.eps, self.step, k, np.inf, clip_min=CLIP_MIN,
                        clip_max=CLIP_MAX, y=y, targeted=attack == 'ilcm', rand_init=False,
                        sanity_checks=False).numpy()
     return run_ch
-  raise ValueError(lib)
+
+  def _cw_runner(self):
+    a, instances = self.args, {}
+
+    def run_ch_cw(x, labels, targets, scale):
+      # One instance per batch: its `gradient` is a tf.function method, traced per instance
+      # (at the warm-up); the iteration counts are plain attributes its Python loop reads.
+      k = iteration_cap(scale)
+      y = self.onehot(targets if self.cw_targeted else labels)
+      if len(x) not in instances:
+        instances[len(x)] = self._cw_module.CarliniWagnerL2(
+            self.setup.model, y=y if self.cw_targeted else None, targeted=self.cw_targeted,
+            batch_size=len(x), clip_min=CLIP_MIN, clip_max=CLIP_MAX,
+            binary_search_steps=self.bss, max_iterations=self.iters, abort_early=True,
+            confidence=0.0, initial_const=a.cw_initial_const,
+            learning_rate=a.cw_learning_rate)
+      cw = instances[len(x)]
+      cw.binary_search_steps, cw.max_iterations = (1, k) if k else (self.bss, self.iters)
+      cw.optimizer = _KerasAdamShim(a.cw_learning_rate)
+      if a.cleverhans_cw_as_is:
+        return cw.attack(x)
+      with _per_example_const(self._cw_module):
+        return cw.attack(x)
+    return run_ch_cw
+
+
+# --libraries name -> adapter class, in the default order of --libraries and the report.
+ADAPTERS = collections.OrderedDict((cls.name, cls) for cls in (Ours, Art, Foolbox, Cleverhans))
 
 
 # ---------------------------------------------------------------------------- measuring
 class Result(object):
+  """One (library, attack) row of the report."""
 
   def __init__(self, lib, attack, status='ok', ms=None, cpu_ms=None, success=None, l2=None,
                linf=None, note=''):
@@ -613,6 +630,7 @@ class Result(object):
 
 
 def full_iterations(args, attack):
+  """Iterations of a full run, the unit of a capped run's linear extrapolation."""
   if attack in ('bim', 'ilcm'):
     return args.bim_steps
   if attack == 'jsma':
@@ -622,12 +640,12 @@ def full_iterations(args, attack):
   return 1
 
 
-def evaluate(ctx, x, adv, true, correct, targets, targeted):
+def evaluate(model, x, adv, true, correct, targets, targeted):
   """(success rate, mean L2 of successes, max L-inf) on the initially `correct` images."""
-  preds = np.argmax(ctx.model(adv).numpy(), 1)
+  preds = np.argmax(model(adv).numpy(), 1)
   hit = (preds == targets) if targeted else (preds != true)
   hit = hit & correct
-  l2 = np.sqrt(np.sum(np.square(adv - x).reshape(len(x), -1), 1))
+  l2 = attacks.l2_per_example(adv, x)
   rate = hit.sum() / max(1, correct.sum())
   mean_l2 = float(l2[hit].mean()) if hit.any() else float('nan')
   return rate, mean_l2, float(np.abs(adv - x).max())
@@ -640,83 +658,99 @@ def _failure(lib, attack, e):
       type(e).__name__, str(e).splitlines()[0][:200] if str(e) else '', where[:160]))
 
 
-def _timed(fn):
-  """(result, wall seconds, process CPU seconds: all threads of this process)."""
-  w0, c0 = time.perf_counter(), time.process_time()
-  out = fn()
-  return out, time.perf_counter() - w0, time.process_time() - c0
+class Contender(object):
+  """One library's timed calls of one attack.
 
-
-def measure_attack(ctx, attack, libs, x, true, labels, targets, log):
-  """Results of every library on one attack.
-
-  Warm-up of every library first, then `--repeats` rounds in which each library makes one
-  timed call (rotating the order), so that load from other processes hits all of them;
-  the minimum wall and CPU times are kept. A library stops repeating once a call took 10 s;
-  one whose calls take under SHORT_CALL_S gets 4x as many rounds.
+  Attributes:
+    name: the library; run: its runner; scale: 'full' or ('iters', k) for a capped run.
+    full: the iterations of a full run; note: the report note.
+    samples: timing.Samples of the timed calls; adv: the last call's images; done: no more
+      calls (the last one took LONG_CALL_S or more).
   """
-  args = ctx.args
-  targeted = is_targeted(attack, args)
-  n = len(x)
-  results, state = {}, {}
-  for lib in libs:
-    try:
-      run = runner(ctx, lib, attack)
-    except Skip as e:
-      results[lib] = Result(lib, attack, 'n/a', note=str(e))
-      continue
-    try:
-      _, warm, _ = _timed(lambda: run(x, labels, targets, 'warmup'))
-      scale, note = 'full', 'warm-up %.1f s' % warm
-      full = full_iterations(args, attack)
-      # Only ART's C&W (no abort early, a line search per iteration) is capped: its time per
-      # iteration is about constant, so a shorter run extrapolates linearly. Attacks that stop
-      # early (JSMA, C&W with abort early) always run in full.
-      if lib == 'art' and attack == 'cw' and args.peer_time_cap > 0:
-        _, one, _ = _timed(lambda: run(x, labels, targets, ('iters', 1)))
-        if one * full > args.peer_time_cap:
-          k = max(1, int(args.peer_time_cap / 2 / one))
-          scale = ('iters', k)
-          note = ('timed %d of %d iterations, extrapolated linearly (1 iteration: %.1f s)'
-                  % (k, full, one))
-      if lib == 'art' and attack in ('jsma', 'cw'):
-        note += '; %d distinct target classes' % len(np.unique(targets))
-      state[lib] = {'run': run, 'scale': scale, 'note': note, 'wall': None, 'cpu': None,
-                    'adv': None, 'done': False, 'full': full}
-    except Exception as e:  # pylint: disable=broad-except
-      results[lib] = _failure(lib, attack, e)
-  order = list(state)
-  repeats = max(1, args.repeats)
+
+  def __init__(self, name, run, scale, full, note):
+    self.name, self.run, self.scale, self.full, self.note = name, run, scale, full, note
+    self.samples = timing.Samples()
+    self.adv = None
+    self.done = False
+
+  def factor(self):
+    """Full iterations / timed iterations: 1 unless capped."""
+    return 1.0 if self.scale == 'full' else self.full / float(self.scale[1])
+
+
+def prepare(library, attack, run, x, labels, targets):
+  """A Contender of the library's runner `run` after its untimed warm-up call, capped (see
+  Library.capped) if a full call would take over --peer_time_cap."""
+  args = library.args
+  warm = timing.warm_up(lambda: run(x, labels, targets, 'warmup'))
+  scale, note = 'full', 'warm-up %.1f s' % warm
+  full = full_iterations(args, attack)
+  if library.capped(attack) and args.peer_time_cap > 0:
+    _, one, _ = timing.timed(lambda: run(x, labels, targets, ('iters', 1)))
+    if one * full > args.peer_time_cap:
+      k = max(1, int(args.peer_time_cap / 2 / one))
+      scale = ('iters', k)
+      note = ('timed %d of %d iterations, extrapolated linearly (1 iteration: %.1f s)'
+              % (k, full, one))
+  return Contender(library.name, run, scale, full, note + library.note(attack, targets))
+
+
+def time_rounds(contenders, results, attack, repeats, x, labels, targets):
+  """`repeats` rounds of one timed call per contender, the order rotated each round; 4x as
+  many for contenders whose calls take under SHORT_CALL_S. A call that raises puts a failure
+  into `results`."""
   for rnd in range(4 * repeats):
-    for lib in order[rnd % len(order):] + order[:rnd % len(order)] if order else []:
-      st = state[lib]
-      if st['done'] or lib in results:
+    for c in timing.rotated(contenders, rnd):
+      if c.done or c.name in results:
         continue
-      if rnd >= repeats and st['wall'] >= SHORT_CALL_S:
+      if rnd >= repeats and c.samples.best()[0] >= SHORT_CALL_S:
         continue  # extra rounds only for short calls, whose timings are the noisiest
       try:
-        adv, wall, cpu = _timed(lambda: st['run'](x, labels, targets, st['scale']))
+        adv, wall, cpu = timing.timed(functools.partial(c.run, x, labels, targets, c.scale))
       except Exception as e:  # pylint: disable=broad-except
-        results[lib] = _failure(lib, attack, e)
+        results[c.name] = _failure(c.name, attack, e)
         continue
-      st['adv'] = np.asarray(adv, np.float32)
-      st['wall'] = wall if st['wall'] is None else min(st['wall'], wall)
-      st['cpu'] = cpu if st['cpu'] is None else min(st['cpu'], cpu)
-      st['done'] = wall >= 10.0
-  correct = np.argmax(ctx.model(x).numpy(), 1) == true  # of the clean images
-  for lib in order:
-    if lib in results:
+      c.adv = np.asarray(adv, np.float32)
+      c.samples.add(wall, cpu)
+      c.done = wall >= LONG_CALL_S
+
+
+def measure_attack(setup, attack, libraries, x, true, labels, targets, log):
+  """Results of every library on one attack.
+
+  Warm-up of every library first (`prepare`), then timed rounds (`time_rounds`) so that load
+  from other processes hits all of them; the minimum wall and CPU times are kept.
+  """
+  args = setup.args
+  results, contenders = {}, []
+  for library in libraries:
+    try:
+      run = library.runner(attack)
+    except Skip as e:
+      results[library.name] = Result(library.name, attack, 'n/a', note=str(e))
       continue
-    st = state[lib]
-    factor = 1.0 if st['scale'] == 'full' else st['full'] / float(st['scale'][1])
-    ms, cpu_ms = 1000.0 * st['wall'] * factor / n, 1000.0 * st['cpu'] * factor / n
-    if st['scale'] != 'full':
-      results[lib] = Result(lib, attack, 'extrapolated', ms=ms, cpu_ms=cpu_ms, note=st['note'])
+    try:
+      contenders.append(prepare(library, attack, run, x, labels, targets))
+    except Exception as e:  # pylint: disable=broad-except
+      results[library.name] = _failure(library.name, attack, e)
+  time_rounds(contenders, results, attack, max(1, args.repeats), x, labels, targets)
+  correct = np.argmax(setup.model(x).numpy(), 1) == true  # of the clean images
+  n = len(x)
+  for c in contenders:
+    if c.name in results:
       continue
-    rate, l2, linf = evaluate(ctx, x, st['adv'], true, correct, targets, targeted)
-    results[lib] = Result(lib, attack, ms=ms, cpu_ms=cpu_ms, success=rate, l2=l2, linf=linf,
-                          note=st['note'])
-  out = [results[lib] for lib in libs]
+    wall, cpu = c.samples.best()
+    ms, cpu_ms = 1000.0 * wall * c.factor() / n, 1000.0 * cpu * c.factor() / n
+    if c.scale != 'full':
+      results[c.name] = Result(c.name, attack, 'extrapolated', ms=ms, cpu_ms=cpu_ms,
+                               note=c.note)
+      continue
+    rate, l2, linf = evaluate(setup.model, x, c.adv, true, correct, targets,
+                              is_targeted(attack, args))
+    results[c.name] = Result(c.name, attack, ms=ms, cpu_ms=cpu_ms, success=rate, l2=l2,
+                             linf=linf, note=c.note)
+  out = [results[library.name] for library in libraries]
   for r in out:
     log(r)
   return out
@@ -751,8 +785,8 @@ def print_results(results, args):
   summary = {}
   for attack in args.attacks:
     rows = [r for r in results if r.attack == attack]
-    ours = next((r for r in rows if r.lib == 'ours' and r.ms is not None), None)
-    peers = [r for r in rows if r.lib != 'ours' and r.ms is not None]
+    ours = next((r for r in rows if r.lib == OURS and r.ms is not None), None)
+    peers = [r for r in rows if r.lib != OURS and r.ms is not None]
     best = min(peers, key=lambda r: r.ms) if peers else None
     summary[attack] = (ours, best)
     both = ours is not None and best is not None
@@ -773,17 +807,80 @@ def print_results(results, args):
             % (attack, verdict, best.lib, fmt_ms(ours), fmt_ms(best), fmt_ms(ours, cpu=True),
                fmt_ms(best, cpu=True)))
   rows = {(r.lib, r.attack): r for r in results}
-  ours_j, art_j = rows.get(('ours', 'jsma')), rows.get(('art', 'jsma'))
-  if ours_j and art_j and ours_j.ms and art_j.ms:
-    ratio = art_j.ms / ours_j.ms
-    print('- jsma: ours %.1fx faster per example than ART (CPU: %.1fx) (target >= 10x: %s)'
-          % (ratio, art_j.cpu_ms / ours_j.cpu_ms, 'met' if ratio >= 10 else 'NOT met'))
-  ours_c, fb_c = rows.get(('ours', 'cw')), rows.get(('foolbox', 'cw'))
-  if ours_c and fb_c and ours_c.l2 is not None and fb_c.l2 is not None:
-    print('- cw: mean L2 ours %.3f (success %.0f%%) vs foolbox %.3f (success %.0f%%) '
-          '(target: no worse: %s)' % (ours_c.l2, 100 * ours_c.success, fb_c.l2,
-                                      100 * fb_c.success,
-                                      'met' if ours_c.l2 <= fb_c.l2 else 'NOT met'))
+  peer, factor = JSMA_SPEED_TARGET
+  ours_j, peer_j = rows.get((OURS, 'jsma')), rows.get((peer, 'jsma'))
+  if ours_j and peer_j and ours_j.ms and peer_j.ms:
+    ratio = peer_j.ms / ours_j.ms
+    print('- jsma: ours %.1fx faster per example than %s (CPU: %.1fx) (target >= %gx: %s)'
+          % (ratio, peer.upper(), peer_j.cpu_ms / ours_j.cpu_ms, factor,
+             'met' if ratio >= factor else 'NOT met'))
+  ours_c, peer_c = rows.get((OURS, 'cw')), rows.get((CW_L2_TARGET, 'cw'))
+  if ours_c and peer_c and ours_c.l2 is not None and peer_c.l2 is not None:
+    print('- cw: mean L2 ours %.3f (success %.0f%%) vs %s %.3f (success %.0f%%) '
+          '(target: no worse: %s)' % (ours_c.l2, 100 * ours_c.success, CW_L2_TARGET,
+                                      peer_c.l2, 100 * peer_c.success,
+                                      'met' if ours_c.l2 <= peer_c.l2 else 'NOT met'))
+
+
+# ---------------------------------------------------------------------------- main
+def load_libraries(setup):
+  """The adapters of --libraries, imported.
+
+  Returns:
+    (libraries that loaded, {name: 'not available: reason'} of the others).
+  """
+  loaded, unavailable, versions = [], {}, []
+  for name in setup.args.libraries:
+    library = ADAPTERS[name](setup)
+    try:
+      reason = library.load()
+    except Unavailable as e:
+      unavailable[name] = 'not available: %s' % e
+      versions.append('%s %s' % (name, unavailable[name]))
+      continue
+    loaded.append(library)
+    if library.is_peer:
+      versions.append('%s %s%s' % (name, library.version, ' (%s)' % reason if reason else ''))
+  print('peers: ' + '; '.join(versions))
+  return loaded, unavailable
+
+
+def check_eager_model(args, ckpt, ours, model, x, true):
+  """Exits unless the eager model's prediction logits match ours'; returns ours' logits."""
+  logits_ours = ours.predict(x)
+  diff = float(np.abs(logits_ours - model(x).numpy()).max())
+  print('checkpoint %s (step %d), ResNet-%d, %s: prediction logits of the eager copy vs ours '
+        '(graph) on %d images: max |diff| = %.3g (%s, tolerance 1e-4); accuracy %.1f%%'
+        % (ckpt, ours.step, 6 * args.num_residual_units + 2, 'RCE' if args.rce else 'CE',
+           len(x), diff, 'OK' if diff <= 1e-4 else 'MISMATCH',
+           100 * np.mean(np.argmax(logits_ours, 1) == true)))
+  if diff > 1e-4:
+    raise SystemExit('the eager model does not reproduce ours: not benchmarking')
+  return logits_ours
+
+
+def print_settings(args, n):
+  print('images: %d digits test images (JSMA: the first %d, C&W: the first %d), box [%g, %g]; '
+        'eps %g, %d steps of %g; JSMA theta %g, <= %d pixels; C&W %s, %d x %d iterations, '
+        'lr %g, c0 %g' % (
+            n, min(args.jsma_num_images, n), min(args.cw_num_images, n), CLIP_MIN, CLIP_MAX,
+            args.eps, args.bim_steps, args.eps / args.bim_steps, args.jsma_theta,
+            args.jsma_max_pixels,
+            'untargeted' if args.cw_untargeted else 'targeted (random class != true)',
+            args.cw_binary_search_steps, args.cw_max_iterations, args.cw_learning_rate,
+            args.cw_initial_const))
+  print('timing: one call on all of an attack\'s images, wall (and process CPU) time / images; '
+        'one untimed warm-up call per library first (tracing and graph set-up not counted); '
+        'then %d rounds of one timed call per library, order rotated, minimum kept (%d rounds '
+        'for calls under %g s, none after a call of %g s); ART\'s C&W, when estimated over '
+        '%g s, runs fewer iterations and is extrapolated (~)' % (
+            args.repeats, 4 * args.repeats, SHORT_CALL_S, LONG_CALL_S, args.peer_time_cap),
+        flush=True)
+
+
+def log_result(r):
+  print('  %-5s %-10s %-12s %9s ms/example (CPU %9s)  %s' % (
+      r.attack, r.lib, r.status, fmt_ms(r), fmt_ms(r, cpu=True), r.note), flush=True)
 
 
 def main(argv=None):
@@ -797,65 +894,27 @@ def main(argv=None):
                 ' '.join('%.1f' % v for v in os.getloadavg())))
   ckpt = ensure_checkpoint(args)
   test = ensure_data(args.data_dir)
+  spec = dataset_input.get_spec('mnist')  # the digits are mnist-shaped
   hps = resnet_model.default_hparams(num_residual_units=args.num_residual_units,
-                                     RCE_train=args.rce)
-  x_all, y_all = dataset_input.load_arrays('mnist', test)
+                                     num_classes=spec.num_classes, RCE_train=args.rce)
+  x_all, y_all = dataset_input.load_arrays(spec.name, test)
   n = min(args.num_images, len(x_all))
   x, true = x_all[:n], y_all[:n]
-  image_shape = x.shape[1:]
 
-  # 1. The eager model and ours, on the same images.
+  # The eager model and ours, on the same images.
   ours = OursGraph(hps, args.log_root, args)
-  model = peers_model.EagerResNet.from_checkpoint(ckpt, hps, image_shape)
-  logits_ours = ours.predict(x)
-  logits_eager = model(x).numpy()
-  diff = float(np.abs(logits_ours - logits_eager).max())
+  model = peers_model.EagerResNet.from_checkpoint(ckpt, hps, x.shape[1:])
+  logits_ours = check_eager_model(args, ckpt, ours, model, x, true)
   labels = np.argmax(logits_ours, 1)
-  print('checkpoint %s (step %d), ResNet-%d, %s: flipped logits of the eager copy vs ours '
-        '(graph) on %d images: max |diff| = %.3g (%s, tolerance 1e-4); accuracy %.1f%%'
-        % (ckpt, ours.step, 6 * args.num_residual_units + 2, 'RCE' if args.rce else 'CE', n,
-           diff, 'OK' if diff <= 1e-4 else 'MISMATCH', 100 * np.mean(labels == true)))
-  if diff > 1e-4:
-    raise SystemExit('the eager model does not reproduce ours: not benchmarking')
   least_likely = np.argmin(logits_ours, 1)
-  cw_targets = attack_runner.random_targets(true, args.seed)  # random class != true label
+  # A random class != the true label.
+  cw_targets = attack_runner.random_targets(true, args.seed, num_classes=hps.num_classes)
 
-  peers, unavailable, versions = {}, {}, []
-  for lib in args.libraries:
-    if lib == 'ours':
-      continue
-    mod, reason = import_peer(lib)
-    if mod is None:
-      unavailable[lib] = 'not available: %s' % reason
-      versions.append('%s %s' % (lib, unavailable[lib]))
-    else:
-      peers[lib] = mod
-      versions.append('%s %s%s' % (lib, mod['version'], ' (%s)' % reason if reason else ''))
-  print('peers: ' + '; '.join(versions))
-  print('images: %d digits test images (JSMA: the first %d, C&W: the first %d), box [%g, %g]; '
-        'eps %g, %d steps of %g; JSMA theta %g, <= %d pixels; C&W %s, %d x %d iterations, '
-        'lr %g, c0 %g' % (
-            n, min(args.jsma_num_images, n), min(args.cw_num_images, n), CLIP_MIN, CLIP_MAX,
-            args.eps, args.bim_steps, args.eps / args.bim_steps, args.jsma_theta,
-            args.jsma_max_pixels,
-            'untargeted' if args.cw_untargeted else 'targeted (random class != true)',
-            args.cw_binary_search_steps, args.cw_max_iterations, args.cw_learning_rate,
-            args.cw_initial_const))
-  print('timing: one call on all of an attack\'s images, wall (and process CPU) time / images; '
-        'one untimed warm-up call per library first (tracing and graph set-up not counted); '
-        'then %d rounds of one timed call per library, order rotated, minimum kept (%d rounds '
-        'for calls under %g s, none after a call of 10 s); ART\'s C&W, when estimated over '
-        '%g s, runs fewer iterations and is extrapolated (~)' % (
-            args.repeats, 4 * args.repeats, SHORT_CALL_S, args.peer_time_cap),
-        flush=True)
+  setup = Setup(args, model, ours, hps.num_classes)
+  libraries, unavailable = load_libraries(setup)
+  print_settings(args, n)
 
-  ctx = Context(args, model, ours, peers)
   results = []
-
-  def log(r):
-    print('  %-5s %-10s %-12s %9s ms/example (CPU %9s)  %s' % (
-        r.attack, r.lib, r.status, fmt_ms(r), fmt_ms(r, cpu=True), r.note), flush=True)
-
   for attack in args.attacks:
     if attack == 'cw':
       m = min(args.cw_num_images, n)
@@ -866,10 +925,9 @@ def main(argv=None):
     else:
       m = n
       tg = least_likely
-    libs = [lib for lib in args.libraries if lib == 'ours' or lib in peers]
     t0 = time.time()
-    done = {r.lib: r for r in measure_attack(ctx, attack, libs, x[:m], true[:m], labels[:m],
-                                             tg, log)}
+    done = {r.lib: r for r in measure_attack(setup, attack, libraries, x[:m], true[:m],
+                                             labels[:m], tg, log_result)}
     for lib in args.libraries:
       if lib in unavailable:
         done[lib] = Result(lib, attack, 'not available', note=unavailable[lib])

@@ -8,7 +8,8 @@ ReLU 0.1, average-pool + zero-channel-pad shortcuts, global average pool, xw_plu
 weights read by name from a checkpoint via tf.train.load_checkpoint. It is written the way a
 TF2 / Keras user writes it, every BN its own op; ours folds each unit's second BN into the
 conv before it (resnet_model's conv_bn), the same function up to float rounding. Its output is
-the flipped logits (`resnet_model.flip_logits`) for an RCE model, like `make_logits_fn`.
+the prediction logits, like `make_logits_fn`'s: the network output Z passed once through
+`resnet_model.flip_logits(Z, hps.RCE_train)`, the model's own decision (-Z for RCE).
 
 The forward pass is one tf.function with a dynamic-batch input signature, so it is traced
 once: every library then gets the same compiled graph (and its gradient), and no library pays
@@ -25,10 +26,11 @@ import resnet_model
 
 
 class EagerResNet(tf.Module):
-  """Eval-mode ResNet (flipped logits for RCE) as a callable tf.Module."""
+  """Eval-mode ResNet returning prediction logits, as a callable tf.Module."""
 
   def __init__(self, weights, hps, image_shape, name='eager_resnet'):
-    """
+    """Holds `weights` as variables; the forward pass is traced on the first call.
+
     Args:
       weights: dict checkpoint name (e.g. 'unit_1_0/sub1/conv1/DW') -> numpy array.
       hps: resnet_model.HParams (num_residual_units, use_bottleneck, relu_leakiness,
@@ -40,7 +42,6 @@ class EagerResNet(tf.Module):
       raise NotImplementedError('EagerResNet covers the plain residual units only')
     self.hps = hps
     self.image_shape = tuple(int(d) for d in image_shape)
-    self.rce = bool(hps.RCE_train)
     self._names = sorted(weights)
     # Non-trainable variables (read-only in the attacks); a dict keyed by checkpoint name.
     self._vars = {n: tf.Variable(np.asarray(weights[n], np.float32), trainable=False,
@@ -57,9 +58,7 @@ class EagerResNet(tf.Module):
     shapes = reader.get_variable_to_shape_map()
     weights = {}
     for name in shapes:
-      if (name.startswith(('init/', 'unit_', 'logit/'))
-          and name.rsplit('/', 1)[-1] in ('DW', 'biases', 'beta', 'gamma', 'moving_mean',
-                                          'moving_variance')):
+      if resnet_model.is_model_variable_name(name):
         weights[name] = reader.get_tensor(name)
     model = cls(weights, hps, image_shape)
     model._check_complete()
@@ -128,10 +127,10 @@ class EagerResNet(tf.Module):
 
   def _forward(self, images):
     self.trace_count += 1  # Python side effect: counts traces, not calls
-    logits, _ = self.features_and_logits(images)
-    return resnet_model.flip_logits(logits, self.rce)
+    raw_logits, _ = self.features_and_logits(images)
+    return resnet_model.flip_logits(raw_logits, self.hps.RCE_train)
 
   def __call__(self, x, training=False):
-    """Flipped logits [B, K] of x [B, H, W, C]; `training` is accepted and ignored (eval)."""
+    """Prediction logits [B, K] of x [B, H, W, C]; `training` is accepted and ignored."""
     del training
     return self._fn(tf.convert_to_tensor(x, tf.float32))
