@@ -114,7 +114,7 @@ def test_table3_and_figures_and_commands(first_run):
       assert f.read(8) == PNG_SIGNATURE, fig
   _, timing = markdown_table(section(text, '## Wall time'), '| Stage')
   assert [r[0] for r in timing] == STAGES
-  assert all(float(r[1]) >= 0 for r in timing)
+  assert all(float(r[1]) > 0 for r in timing)  # every stage ran, none was skipped
   commands = section(text, '## Commands').strip().splitlines()
   commands = [c for c in commands if c and not c.startswith('```')]
   assert len(commands) == len(STAGES)
@@ -238,8 +238,11 @@ def test_new_steps_rerun_exactly_what_they_affect_then_nothing(first_run):
   header, rows = markdown_table(section(text, '## Table 1'), '| Model')
   assert header[3] == 'checkpoint step', header
   assert [r[3] for r in rows] == ['70', '70'], rows
-  with open(os.path.join(out, 'logs', 'train_CE.log')) as f:
-    assert re.search(r'resuming from \S+model\.ckpt-60 at step 60', f.read())
+  # The tiny preset's schedule scales with the steps: the 60-step checkpoints were made with
+  # another one, so the stopped run started the training afresh rather than resume it.
+  with open(log_path) as f:
+    assert '[note] train_CE: removing' in f.read()
+  assert '--lr_boundaries=42,60 --lr_values=0.1,0.01,0.001' in stdout
 
   third = run_script(args, timeout=600)
   assert third.returncode == 0, describe(third)
