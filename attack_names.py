@@ -1,8 +1,9 @@
 """The attacks of --attack_method as data, without TensorFlow: names, titles, sweeps, order.
 
 The one place that says what each attack is called in tables, whether it is swept over eps
-(0.02..0.20) or run once, whether it attacks the detector (white box, after kernel_para) and
-whether it is a row of the paper's Table 2. Their order here is their order in every report.
+(0.02..0.20) or run once, whether it attacks the detector (white box, after kernel_para),
+whether it is a row of the paper's Table 2, and the settings of each C&W run (the original's
+defaults; the --cw_* flags override them). Their order here is their order in every report.
 `attacks` (the graph functions) builds on this table; `reproduce.py` and the reports read it
 without importing TensorFlow.
 """
@@ -14,17 +15,36 @@ AttackInfo = collections.namedtuple('AttackInfo', [
     'swept',  # True: run over the eps sweep (or one --eps); False: run once (C&W)
     'white_box',  # True: attacks the K-density detector too (needs kernel_para first)
     'in_paper',  # a row of the paper's Table 2 (reproduce.py runs these)
+    'cw_stages',  # run once: the CWStage of each C&W run, in order; swept: ()
 ])
 
+# One C&W run's settings.
+CWStage = collections.namedtuple('CWStage', [
+    'batch_size', 'max_iterations', 'binary_search_steps', 'initial_const', 'confidence',
+    'learning_rate'])
+CW_SETTINGS = ('batch_size', 'max_iterations', 'binary_search_steps', 'initial_const',
+               'learning_rate')  # what the --cw_* flags may override
+
+# The original's C&W settings (its test_adv.py): C&W 9 x 10 iterations (sic) at batch 10;
+# C&W-hc 9 x 10000, confidence 10; C&W-wb an ordinary C&W (3 x 5000, c 10, confidence 5),
+# then from its image the C&W with the detector term (9 x 10000, c 100, confidence 5), both
+# at batch 1. Results do not depend on the batch (abort early is per example).
+_CW = CWStage(batch_size=10, max_iterations=10, binary_search_steps=9, initial_const=1.0,
+              confidence=0.0, learning_rate=0.01)
 _TABLE = (
-    AttackInfo('random', 'Random', True, False, False),
-    AttackInfo('fgsm', 'FGSM', True, False, True),
-    AttackInfo('bim', 'BIM', True, False, True),
-    AttackInfo('tgsm', 'ILCM', True, False, True),
-    AttackInfo('jsma', 'JSMA', True, False, True),
-    AttackInfo('carliniL2', 'C&W', False, False, True),
-    AttackInfo('carliniL2_highcon', 'C&W-hc', False, False, True),
-    AttackInfo('carliniL2_specific', 'C&W-wb', False, True, True),
+    AttackInfo('random', 'Random', True, False, False, ()),
+    AttackInfo('fgsm', 'FGSM', True, False, True, ()),
+    AttackInfo('bim', 'BIM', True, False, True, ()),
+    AttackInfo('tgsm', 'ILCM', True, False, True, ()),
+    AttackInfo('jsma', 'JSMA', True, False, True, ()),
+    AttackInfo('carliniL2', 'C&W', False, False, True, (_CW,)),
+    AttackInfo('carliniL2_highcon', 'C&W-hc', False, False, True,
+               (_CW._replace(max_iterations=10000, confidence=10.0),)),
+    AttackInfo('carliniL2_specific', 'C&W-wb', False, True, True,
+               (_CW._replace(batch_size=1, max_iterations=5000, binary_search_steps=3,
+                             initial_const=10.0, confidence=5.0),
+                _CW._replace(batch_size=1, max_iterations=10000, initial_const=100.0,
+                             confidence=5.0))),
 )
 
 ATTACKS = collections.OrderedDict((a.name, a) for a in _TABLE)

@@ -17,9 +17,10 @@ tf1 = tf.compat.v1
 
 EPS_SWEEP = tuple(round(0.02 * i, 2) for i in range(1, 11))
 
+# The attacks' parameters from the flags: `cw_overrides` maps each of attacks.CW_SETTINGS to
+# the value given on the command line, or None (the attack's own default).
 AttackParams = collections.namedtuple('AttackParams', [
-    'batch_size', 'nb_iter', 'jsma_max_iter', 'cw_batch_size', 'cw_max_iterations',
-    'cw_binary_search_steps', 'cw_learning_rate', 'cw_initial_const', 'seed'])
+    'batch_size', 'nb_iter', 'jsma_max_iter', 'tgsm_target', 'cw_overrides', 'seed'])
 
 
 def eps_schedule(eps):
@@ -105,29 +106,76 @@ def _f2_fn(model_fn, kernel):
   return f2
 
 
+def cw_settings(spec, overrides):
+  """The CWStage of each C&W run of `spec`: the registry's (the original's), with every
+  setting given on the command line (`overrides`: {setting: value or None}) winning."""
+  given = {k: v for k, v in overrides.items() if v is not None}
+  stages = [stage._replace(**given) for stage in spec.info.cw_stages]
+  for i, stage in enumerate(stages, start=1):
+    logging.info('%s, C&W run %d of %d: batch %d, %d iterations x %d binary-search steps, '
+                 'initial c %g, confidence %g, learning rate %g (%s)', spec.info.name, i,
+                 len(stages), stage.batch_size, stage.max_iterations,
+                 stage.binary_search_steps, stage.initial_const, stage.confidence,
+                 stage.learning_rate,
+                 'from the command line: %s' % ', '.join('--cw_%s' % k for k in sorted(given))
+                 if given else "the attack's defaults, the original's")
+  return stages
+
+
+def wb_stats(images, adv, clean_correct, reached, f2):
+  """Table 3 of the paper for C&W-wb, over the examples that count.
+
+  Args:
+    images, adv: [N, H, W, C] clean and adversarial images.
+    clean_correct: bool [N], the clean image is classified correctly.
+    reached: bool [N], the adversarial image is classified as its target.
+    f2: [N] the detector term f2(x*) of the adversarial images (> 0: K-density flags it).
+
+  Returns:
+    dict: 'table3_examples' (clean-correct and target reached: the examples Table 3 is
+    over), 'ratio_f2_positive' (the fraction of them with f2(x*) > 0), 'rms_distortion'
+    (the paper's distortion: mean over them of sqrt(mean((x - x*)^2))), 'mean_l2_distortion'
+    (mean L2 norm over them); None where no example counts.
+  """
+  counted = clean_correct & reached
+  l2 = attacks.l2_per_example(np.asarray(adv, np.float64), np.asarray(images, np.float64))
+  rms = l2 / np.sqrt(np.prod(np.shape(images)[1:]))  # sqrt(mean(...)) = L2 / sqrt(size)
+  if not counted.any():
+    return {'table3_examples': 0, 'ratio_f2_positive': None, 'rms_distortion': None,
+            'mean_l2_distortion': None}
+  return {'table3_examples': int(counted.sum()),
+          'ratio_f2_positive': float(np.mean(f2[counted] > 0)),
+          'rms_distortion': float(np.mean(rms[counted])),
+          'mean_l2_distortion': float(np.mean(l2[counted]))}
+
+
 class CWAttack(object):
-  """C&W (confidence from the registry); with `kernel`, the two-stage white-box C&W-wb."""
+  """C&W with the attack's settings (registry defaults, flags override); with `kernel`, the
+  two-stage white-box C&W-wb: an ordinary C&W, then from its image the C&W whose loss adds
+  c * max(f2, 0), on every example, as the original."""
 
   def __init__(self, model, spec, params, kernel=None):
     self.model, self.spec = model, spec
     self.num_classes = model.hps.num_classes
+    self.stages = cw_settings(spec, params.cw_overrides)
     logits_fn = lambda x: model.model_fn(x)[0]
-    common = dict(learning_rate=params.cw_learning_rate,
-                  binary_search_steps=params.cw_binary_search_steps,
-                  max_iterations=params.cw_max_iterations,
-                  initial_const=params.cw_initial_const, num_classes=self.num_classes)
     shape = model.images.shape.as_list()[1:]
-    self.cw = attacks.CarliniWagnerL2(model.sess, logits_fn, shape, params.cw_batch_size,
-                                      confidence=spec.confidence, **common)
+
+    def build(stage, extra_loss_fn=None):
+      return attacks.CarliniWagnerL2(
+          model.sess, logits_fn, shape, stage.batch_size, confidence=stage.confidence,
+          learning_rate=stage.learning_rate, binary_search_steps=stage.binary_search_steps,
+          max_iterations=stage.max_iterations, initial_const=stage.initial_const,
+          extra_loss_fn=extra_loss_fn, num_classes=self.num_classes)
+
+    self.cw = build(self.stages[0])
     self.wb = None
     if spec.info.white_box:
       if kernel is None:
-        raise ValueError('carliniL2_specific needs the kernel parameters')
+        raise ValueError('%s needs the kernel parameters' % spec.info.name)
       with model.graph.as_default():
         f2 = _f2_fn(model.model_fn, kernel)
-        self.wb = attacks.CarliniWagnerL2(model.sess, logits_fn, shape, params.cw_batch_size,
-                                          confidence=spec.confidence, extra_loss_fn=f2,
-                                          **common)
+        self.wb = build(self.stages[1], f2)
         self.targets = tf1.placeholder(tf.float32, [None, self.num_classes])
         self.f2 = f2(model.images, self.targets)
 
@@ -138,34 +186,33 @@ class CWAttack(object):
                                                self.targets: targets_onehot[s:s + batch_size]}))
     return np.concatenate(out)
 
-  def run(self, images, targets, progress):
-    """Adversarial images [1, N, ...] and a dict of attack-specific statistics."""
+  def run(self, images, labels, targets, progress):
+    """Adversarial images [1, N, ...] and a dict of attack-specific statistics.
+
+    Args:
+      images: [N, H, W, C] clean images; labels: [N] true labels; targets: [N] target classes.
+      progress: a Progress, told of the images done.
+    """
     onehot = _one_hot(targets, self.num_classes)
     adv = self.cw.attack(images, onehot)
-    progress.update(len(images))
-    stats = {'target': 'random', 'success_rate': float(np.mean(self.cw.last_success))}
+    stats = {'target': 'random', 'cw_settings': [s._asdict() for s in self.stages],
+             'success_rate': float(np.mean(self.cw.last_success))}
     if self.wb is None:
+      progress.update(len(images))
       return adv[None], stats
-    # C&W-wb: examples the first stage already hides from the detector keep that result;
-    # the rest get the second attack, whose loss adds c * max(f2, 0).
-    f2_first = self.f2_values(adv, onehot)
-    hidden = self.cw.last_success & (f2_first <= 0)
-    redo = np.flatnonzero(~hidden)
-    if redo.size:
-      adv2 = self.wb.attack(images[redo], onehot[redo])
-      better = self.wb.last_success
-      adv[redo[better]] = adv2[better]
-    f2_final = self.f2_values(adv, onehot)
+    # C&W-wb's second run starts from the first run's image (unchanged where that failed),
+    # its L2 penalty measured from it, on every example.
+    adv = self.wb.attack(adv, onehot)
+    progress.update(len(images))
     logits, _ = self.model.outputs(adv)
-    reached = logits.argmax(axis=1) == targets
-    l2 = attacks.l2_per_example(adv, images)
+    clean_logits, _ = self.model.outputs(images)
+    stats.update(wb_stats(images, adv, clean_logits.argmax(axis=1) == labels,
+                          logits.argmax(axis=1) == targets, self.f2_values(adv, onehot)))
     stats.update({
         'first_stage_success_rate': stats.pop('success_rate'),
-        'target_reached_rate': float(np.mean(reached)),
-        'ratio_f2_positive': (float(np.mean(f2_final[reached] > 0)) if reached.any()
-                              else None),
-        'mean_l2_distortion': float(np.mean(l2[reached])) if reached.any() else None,
-        'success_rate': float(np.mean(reached & (f2_final <= 0)))})
+        'success_rate': float(np.mean(self.wb.last_success)),
+        'fallback_rate': float(np.mean(self.wb.last_fallback)),
+        'target_reached_rate': float(np.mean(logits.argmax(axis=1) == targets))})
     return adv[None], stats
 
 

@@ -43,6 +43,13 @@ def _count(name, default, help_text):
   flags.DEFINE_integer(name, default, help_text, lower_bound=1)
 
 
+def _positive(name, help_text):
+  """A float flag that must be > 0 when given; None (not given) means the attack's default."""
+  flags.DEFINE_float(name, None, help_text)
+  flags.register_validator(name, lambda v: v is None or v > 0,
+                           message='--%s must be > 0' % name)
+
+
 @_once('base')
 def define_base_flags():
   """Data set, model shape, checkpoint location and devices (every script)."""
@@ -144,14 +151,22 @@ def define_attack_flags():
   _count('attack_batch_size', 200, 'Images per attack batch (eps attacks).')
   _count('bim_nb_iter', 10, 'Steps of BIM and ILCM (each eps/steps).')
   _count('jsma_max_iter', 100, 'Most pixels JSMA changes per image.')
-  _count('cw_batch_size', 100, 'Images per C&W batch.')
-  _count('cw_max_iterations', 10000, 'Adam iterations per C&W binary-search step (abort '
-         'early when the loss stalls).')
-  _count('cw_binary_search_steps', 9, 'Binary-search steps over c.')
-  flags.DEFINE_float('cw_learning_rate', 0.01, 'C&W Adam learning rate.')
-  flags.DEFINE_float('cw_initial_const', 1.0, 'Initial c of C&W.')
-  for name in ('cw_learning_rate', 'cw_initial_const'):
-    flags.register_validator(name, lambda v: v > 0, message='--%s must be > 0' % name)
+  # The C&W settings default to each attack's own (the original's, in the attack registry);
+  # one given on the command line wins, for every stage of the attack.
+  _count('cw_batch_size', None, 'Images per C&W batch (results do not depend on it). '
+         'Default: the attack\'s.')
+  _count('cw_max_iterations', None, 'Adam iterations per C&W binary-search step (abort early '
+         'per example when its loss stalls). Default: the attack\'s.')
+  _count('cw_binary_search_steps', None, 'Binary-search steps over c. Default: the '
+         'attack\'s.')
+  _positive('cw_learning_rate', 'C&W Adam learning rate. Default: the attack\'s (0.01).')
+  _positive('cw_initial_const', 'Initial c of C&W. Default: the attack\'s.')
+  flags.DEFINE_enum('tgsm_target', 'original', ['original', 'onehot'], 'ILCM\'s target '
+                    'vector: original (the paper\'s code: +0.5 for the least-likely class, '
+                    '-0.5 elsewhere) or onehot (the textbook ILCM).')
+  flags.DEFINE_enum('auc_ties', 'half', ['half', 'original'], 'How detect\'s ROC-AUC counts '
+                    'tied scores: half (the rank statistic, half credit) or original (the '
+                    'original AUC.m: a tie counts against the normal example).')
   _count('kernel_per_class', 1000, 'Kernel points per class (kernel_para).')
   _count('kernel_subset', 100, 'Kernel points per class of the white-box attack '
          '(kernel_para).')

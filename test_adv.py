@@ -34,8 +34,8 @@ MODES = ('attack', 'kernel_para', 'detect')
 # The flags that change each mode's result, recorded in its summary.
 ATTACK_FLAGS = ('dataset', 'RCE_train', 'num_residual_units', 'use_bottleneck', 'seed',
                 'attack_method', 'eps', 'eval_batch_count', 'attack_batch_size', 'bim_nb_iter',
-                'jsma_max_iter', 'cw_batch_size', 'cw_max_iterations', 'cw_binary_search_steps',
-                'cw_learning_rate', 'cw_initial_const')
+                'jsma_max_iter', 'tgsm_target', 'cw_batch_size', 'cw_max_iterations',
+                'cw_binary_search_steps', 'cw_learning_rate', 'cw_initial_const')
 KERNEL_FLAGS = ('dataset', 'RCE_train', 'num_residual_units', 'use_bottleneck', 'seed',
                 'eval_batch_count', 'kernel_per_class', 'kernel_subset')
 
@@ -49,11 +49,8 @@ def define_flags():
 def _attack_params():
   return attack_runner.AttackParams(
       batch_size=FLAGS.attack_batch_size, nb_iter=FLAGS.bim_nb_iter,
-      jsma_max_iter=FLAGS.jsma_max_iter, cw_batch_size=FLAGS.cw_batch_size,
-      cw_max_iterations=FLAGS.cw_max_iterations,
-      cw_binary_search_steps=FLAGS.cw_binary_search_steps,
-      cw_learning_rate=FLAGS.cw_learning_rate, cw_initial_const=FLAGS.cw_initial_const,
-      seed=FLAGS.seed)
+      jsma_max_iter=FLAGS.jsma_max_iter, tgsm_target=FLAGS.tgsm_target,
+      cw_overrides={k: FLAGS['cw_' + k].value for k in attacks.CW_SETTINGS}, seed=FLAGS.seed)
 
 
 def _restore():
@@ -119,7 +116,7 @@ def run_attack():
     adv_rounds = attack.run(images, eps_list, progress)
   else:
     targets = attack_runner.random_targets(labels, FLAGS.seed, model.hps.num_classes)
-    adv_rounds, extra = attack.run(images, targets, progress)
+    adv_rounds, extra = attack.run(images, labels, targets, progress)
   arrays, per_round = attack_runner.collect(model, images, labels, adv_rounds, eps_list)
   summary = {'attack': FLAGS.attack_method, 'dataset': FLAGS.dataset,
              'model': result_files.model_name(FLAGS.RCE_train), 'checkpoint': model.ckpt,
@@ -168,7 +165,8 @@ def run_kernel_para():
 
 def run_detect():
   """--mode=detect: Table 2, ROC curves and the thresholding test."""
-  text, _ = detect_report.detect(FLAGS.results_dir, FLAGS.dataset, FLAGS.eps_round)
+  text, _ = detect_report.detect(FLAGS.results_dir, FLAGS.dataset, FLAGS.eps_round,
+                                 auc_ties=FLAGS.auc_ties)
   print(text)
   return text
 

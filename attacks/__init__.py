@@ -9,17 +9,15 @@ is built:
   swept: `build(logits_fn, x, eps, params)` over a whole batch, with its own arguments taken
     from the attack parameters; eps may be a scalar placeholder, so the caller builds the
     graph once and sweeps eps by feeding it.
-  run once: the session class `CarliniWagnerL2` with the entry's confidence;
-    `carliniL2_specific` is its two-stage white-box use (confidence 5, then the detector
-    term passed as `extra_loss_fn`).
+  run once: the session class `CarliniWagnerL2`, one run per stage of `info.cw_stages`
+    (the original's settings; the --cw_* flags override them); `carliniL2_specific` is its
+    two-stage white-box use: an ordinary C&W, then from its image the C&W with the
+    detector term passed as `extra_loss_fn`.
 """
 import collections
 
 import attack_names
 from attacks.carlini import CarliniWagnerL2
-from attacks.carlini import CONFIDENCE
-from attacks.carlini import HIGHCON_CONFIDENCE
-from attacks.carlini import SPECIFIC_CONFIDENCE
 from attacks.distance import l2_per_example
 from attacks.gradient import bim
 from attacks.gradient import fgsm
@@ -29,10 +27,10 @@ from attacks.gradient import tgsm
 from attacks.jsma import jsma
 
 AttackSpec = collections.namedtuple('AttackSpec', [
-    'info',  # attack_names.AttackInfo: name, title, swept or once, white box, paper row
+    'info',  # attack_names.AttackInfo: name, title, swept or once, white box, C&W settings
     'build',  # swept: build(logits_fn, x, eps, params) -> x_adv tensor; once: None
-    'confidence',  # C&W kappa of the run-once attacks; None for the swept ones
 ])
+CW_SETTINGS = attack_names.CW_SETTINGS
 
 
 def _eps_attack(fn, uses_model=True, **param_names):
@@ -44,18 +42,17 @@ def _eps_attack(fn, uses_model=True, **param_names):
 
 
 _BUILDERS = {
-    'random': (_eps_attack(random_noise, uses_model=False, seed='seed'), None),
-    'fgsm': (_eps_attack(fgsm), None),
-    'bim': (_eps_attack(bim, nb_iter='nb_iter'), None),
-    'tgsm': (_eps_attack(ilcm, nb_iter='nb_iter'), None),
-    'jsma': (_eps_attack(jsma, max_iter='jsma_max_iter'), None),
-    'carliniL2': (None, CONFIDENCE),
-    'carliniL2_highcon': (None, HIGHCON_CONFIDENCE),
-    'carliniL2_specific': (None, SPECIFIC_CONFIDENCE),
+    'random': _eps_attack(random_noise, uses_model=False, seed='seed'),
+    'fgsm': _eps_attack(fgsm),
+    'bim': _eps_attack(bim, nb_iter='nb_iter'),
+    'tgsm': _eps_attack(ilcm, nb_iter='nb_iter', target='tgsm_target'),
+    'jsma': _eps_attack(jsma, max_iter='jsma_max_iter'),
 }
 
+# Run-once attacks (C&W) have no graph builder: attack_runner runs CarliniWagnerL2 with the
+# settings of each of their info.cw_stages.
 REGISTRY = collections.OrderedDict(
-    (name, AttackSpec(info, *_BUILDERS[name])) for name, info in attack_names.ATTACKS.items())
+    (name, AttackSpec(info, _BUILDERS.get(name))) for name, info in attack_names.ATTACKS.items())
 ATTACK_NAMES = attack_names.ATTACK_NAMES
 
 
@@ -69,5 +66,6 @@ def get_attack(name):
   return REGISTRY[name]
 
 
-__all__ = ['ATTACK_NAMES', 'AttackSpec', 'CarliniWagnerL2', 'REGISTRY', 'bim', 'fgsm',
+__all__ = ['ATTACK_NAMES', 'AttackSpec', 'CW_SETTINGS', 'CarliniWagnerL2', 'REGISTRY', 'bim',
+           'fgsm',
            'get_attack', 'ilcm', 'jsma', 'l2_per_example', 'random_noise', 'tgsm']

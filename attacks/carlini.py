@@ -9,6 +9,16 @@ As in Carlini's l2_attack: tanh box, Adam, per-example binary search over the co
 examples never successful are returned unchanged. Unlike it, all Adam iterations of one
 binary-search step run inside one `tf.while_loop` (one `sess.run` per step), which also tracks
 each example's smallest successful L2 and its image; the binary search stays in numpy.
+
+Abort early is per example: an example freezes (its image stops moving and is no longer
+tracked) when its own loss has not fallen by 0.01 % since the last check. Carlini's code, and
+the paper's, stop the whole batch on the summed loss, so their results depend on which images
+share a batch; per example, every result equals the batch-1 result (the paper's C&W-wb ran
+at batch 1) whatever the batch size.
+
+With the detector term (`extra_loss_fn`, C&W-wb's second stage) the attack also keeps the
+original's fallback: an example that never succeeds returns the image of lowest f2 among
+those that reach the target, when there is one.
 """
 import numpy as np
 import tensorflow as tf
@@ -17,10 +27,9 @@ from attacks.distance import l2_per_example
 
 tf1 = tf.compat.v1
 
-# Defaults (SPEC section 8; Carlini's own initial constant is 1e-3, the paper's code used 1.0).
-CONFIDENCE = 0.0  # carliniL2: the target logit just has to be the largest
-HIGHCON_CONFIDENCE = 10.0  # carliniL2_highcon: target logit at least 10 above the others
-SPECIFIC_CONFIDENCE = 5.0  # carliniL2_specific, first (ordinary C&W) stage
+# Defaults of the class (each attack's own settings, the original's, are in attack_names;
+# Carlini's own initial constant is 1e-3, the paper's code used 1.0).
+CONFIDENCE = 0.0  # the target logit just has to be the largest
 LEARNING_RATE = 0.01  # Adam step size
 BINARY_SEARCH_STEPS = 9  # binary-search steps over c
 MAX_ITERATIONS = 10000  # Adam iterations per binary-search step
@@ -39,6 +48,8 @@ class CarliniWagnerL2(object):
 
   Attributes set by `attack`:
     last_success: bool [N], whether each example was ever successful.
+    last_fallback: bool [N], unsuccessful examples returned as their lowest-f2 image that
+      reaches the target (only with the detector term).
     last_l2: float32 [N], L2 norm ||x_adv - x||_2 of the returned example, np.inf where
       unsuccessful.
     last_iterations: Adam iterations run in all, over chunks and binary-search steps (abort
@@ -88,6 +99,7 @@ class CarliniWagnerL2(object):
     # Carlini's last step retries with the upper bound when the search is long enough.
     self.repeat = self.binary_search_steps >= 10
     self.last_success = None
+    self.last_fallback = None
     self.last_l2 = None
     self.last_iterations = None
     # A name scope only: a variable scope would make logits_fn create a second model.
@@ -130,7 +142,7 @@ class CarliniWagnerL2(object):
     abort_early = self.abort_early
 
     def evaluate(mod, timg_v, tlab_v, const_v):
-      """Loss and per-example squared L2 / success of the image tanh(mod + timg)."""
+      """Per-example loss, squared L2, success, target reached and f2 of tanh(mod + timg)."""
       new_img = tf.tanh(mod + timg_v) * boxmul + boxplus
       orig = tf.tanh(timg_v) * boxmul + boxplus
       output = logits_fn(new_img)
@@ -143,48 +155,58 @@ class CarliniWagnerL2(object):
       else:
         loss1 = tf.maximum(0.0, real - other + conf)
         success = tf.not_equal(tf.argmax(output + conf * tlab_v, 1), tf.argmax(tlab_v, 1))
+      reached = success  # judged on the logits, with the confidence margin
+      f2 = tf.zeros_like(l2)
       if extra_loss_fn is not None:
         f2 = tf.reshape(extra_loss_fn(new_img, tlab_v), [-1])
         loss1 += tf.maximum(f2, 0.0)
         success = success & (f2 <= 0.0)
-      loss = tf.reduce_sum(l2) + tf.reduce_sum(const_v * loss1)
-      return new_img, l2, loss, success
+      return new_img, l2, l2 + const_v * loss1, success, reached, f2
 
-    def cond(i, mod, m, v, prev, stop, best_l2, best_img):
-      return tf.logical_not(stop) & (i < self.max_iterations)
+    def expand(mask):
+      return tf.reshape(mask, [-1] + [1] * len(axes))
 
-    def body(i, mod, m, v, prev, stop, best_l2, best_img):
+    def cond(i, mod, m, v, prev, stopped, best_l2, best_img, fb_f2, fb_img):
+      return tf.logical_not(tf.reduce_all(stopped)) & (i < self.max_iterations)
+
+    def body(i, mod, m, v, prev, stopped, best_l2, best_img, fb_f2, fb_img):
       timg_v, tlab_v, const_v = timg.read_value(), tlab.read_value(), const.read_value()
-      new_img, l2, loss, success = evaluate(mod, timg_v, tlab_v, const_v)
-      grad = tf.gradients(loss, mod)[0]
+      new_img, l2, loss, success, reached, f2 = evaluate(mod, timg_v, tlab_v, const_v)
+      grad = tf.gradients(tf.reduce_sum(loss), mod)[0]  # example i's gradient is its own
       # Carlini: every max_iterations // 10 iterations, stop when the (pre-update) loss did
       # not fall by 0.01% since the last check; that iteration's images are not tracked.
+      # Here per example: it freezes, the others go on.
       check = tf.logical_and(abort_early, tf.equal(i % check_every, 0))
-      stop = check & (loss > prev * 0.9999)
+      stopped = stopped | (check & (loss > prev * 0.9999))
       prev = tf.where(check, loss, prev)
-      better = success & (l2 < best_l2) & tf.logical_not(stop)
+      active = tf.logical_not(stopped)
+      better = success & (l2 < best_l2) & active
       best_l2 = tf.where(better, l2, best_l2)
-      best_img = tf.where(tf.reshape(better, [-1] + [1] * len(axes)), new_img, best_img)
-      # Adam, as tf.compat.v1.train.AdamOptimizer.
+      best_img = tf.where(expand(better), new_img, best_img)
+      fallback = reached & (f2 < fb_f2) & active
+      fb_f2 = tf.where(fallback, f2, fb_f2)
+      fb_img = tf.where(expand(fallback), new_img, fb_img)
+      # Adam, as tf.compat.v1.train.AdamOptimizer; frozen examples keep their image.
       t = tf.cast(i + 1, tf.float32)
       m = b1 * m + (1 - b1) * grad
       v = b2 * v + (1 - b2) * tf.square(grad)
       lr_t = lr * tf.sqrt(1 - tf.pow(b2, t)) / (1 - tf.pow(b1, t))
-      mod = mod - lr_t * m / (tf.sqrt(v) + ADAM_EPSILON)
-      return i + 1, mod, m, v, prev, stop, best_l2, best_img
+      mod = tf.where(expand(active), mod - lr_t * m / (tf.sqrt(v) + ADAM_EPSILON), mod)
+      return i + 1, mod, m, v, prev, stopped, best_l2, best_img, fb_f2, fb_img
 
     with tf.control_dependencies([reset]):
       start = [tf.constant(0), modifier.read_value(), adam_m.read_value(),
-               adam_v.read_value(), tf.constant(np.inf, tf.float32), tf.constant(False),
-               tf.fill([self.batch_size], _NO_L2), tf.zeros(shape)]
+               adam_v.read_value(), tf.fill([self.batch_size], np.inf),
+               tf.zeros([self.batch_size], tf.bool), tf.fill([self.batch_size], _NO_L2),
+               tf.zeros(shape), tf.fill([self.batch_size], np.inf), tf.zeros(shape)]
     out = tf1.while_loop(cond, body, start, back_prop=False, name='adam_steps')
-    _, mod, m, v, _, _, best_l2, best_img = out
+    _, mod, m, v, _, _, best_l2, best_img, fb_f2, fb_img = out
     keep_state = tf.group(tf1.assign(modifier, mod), tf1.assign(adam_m, m),
                           tf1.assign(adam_v, v))
     with tf.control_dependencies([keep_state]):
-      self._step_l2 = tf.identity(best_l2)
-      self._step_img = tf.identity(best_img)
+      self._step = [tf.identity(t) for t in (best_l2, best_img, fb_f2, fb_img)]
     self._iterations = out[0]
+    self._fallback = extra_loss_fn is not None
 
   def attack(self, x, y_target):
     """Runs the attack on any number of examples, batch_size at a time.
@@ -195,7 +217,8 @@ class CarliniWagnerL2(object):
 
     Returns:
       float32 [N, H, W, C] adversarial images in [clip_min, clip_max]; unsuccessful examples
-      are returned unchanged. Sets `last_success` and `last_l2`.
+      are returned unchanged (with the detector term: the fallback image, when one reached
+      the target). Sets `last_success`, `last_fallback` and `last_l2`.
     """
     x = np.asarray(x, np.float32)
     y_target = np.asarray(y_target, np.float32)
@@ -208,23 +231,32 @@ class CarliniWagnerL2(object):
     self.last_iterations = 0
     adv = x.copy()
     success = np.zeros(n, bool)
+    fallback = np.zeros(n, bool)
     for start in range(0, n, self.batch_size):
       stop = min(n, start + self.batch_size)
       pad = self.batch_size - (stop - start)
       xb = np.concatenate([x[start:stop], np.repeat(x[stop - 1:stop], pad, 0)])
       yb = np.concatenate([y_target[start:stop], np.repeat(y_target[stop - 1:stop], pad, 0)])
-      best_img, found = self._attack_batch(xb, yb)
+      best_img, found, fb_img, fb_found = self._attack_batch(xb, yb)
       k = stop - start
+      use_fb = fb_found[:k] & ~found[:k]
       adv[start:stop][found[:k]] = best_img[:k][found[:k]]
+      adv[start:stop][use_fb] = fb_img[:k][use_fb]
       success[start:stop] = found[:k]
+      fallback[start:stop] = use_fb
     adv = np.clip(adv, self.clip_min, self.clip_max)
     l2 = l2_per_example(adv, x)
-    self.last_success = success
+    self.last_success, self.last_fallback = success, fallback
     self.last_l2 = np.where(success, l2, np.inf).astype(np.float32)
     return adv
 
   def _attack_batch(self, images, labels):
-    """Carlini's binary search over c for one full batch; returns (best images, success)."""
+    """Carlini's binary search over c for one full batch.
+
+    Returns:
+      (best images, success, fallback images, fallback found): the smallest-L2 successful
+      image of each example, and (detector term only) its lowest-f2 image reaching the target.
+    """
     boxmul = (self.clip_max - self.clip_min) / 2.0
     boxplus = (self.clip_min + self.clip_max) / 2.0
     timg = np.arctanh((images - boxplus) / boxmul * _TANH_SHRINK)
@@ -235,13 +267,17 @@ class CarliniWagnerL2(object):
     const = np.full(b, self.initial_const)
     o_best_l2 = np.full(b, _NO_L2)
     o_best_img = images.copy()
+    o_fb_f2 = np.full(b, np.inf)
+    o_fb_img = images.copy()
     for outer in range(self.binary_search_steps):
       if self.repeat and outer == self.binary_search_steps - 1:
         const = upper
-      step_l2, step_img, iterations = self.sess.run(
-          [self._step_l2, self._step_img, self._iterations],
-          {self._const_ph: const.astype(np.float32)})
+      (step_l2, step_img, fb_f2, fb_img), iterations = self.sess.run(
+          [self._step, self._iterations], {self._const_ph: const.astype(np.float32)})
       self.last_iterations += int(iterations)
+      fb_better = fb_f2 < o_fb_f2
+      o_fb_f2[fb_better] = fb_f2[fb_better]
+      o_fb_img[fb_better] = fb_img[fb_better]
       ok = step_l2 < _NO_L2  # some iteration of this step succeeded
       better = ok & (step_l2 < o_best_l2)
       o_best_l2[better] = step_l2[better]
@@ -250,4 +286,5 @@ class CarliniWagnerL2(object):
       lower = np.where(ok, lower, np.maximum(lower, const))
       const = np.where(upper < 1e9, (lower + upper) / 2.0,
                        np.where(ok, const, const * 10.0))
-    return o_best_img, o_best_l2 < _NO_L2
+    fb_found = (o_fb_f2 < np.inf) if self._fallback else np.zeros(b, bool)
+    return o_best_img, o_best_l2 < _NO_L2, o_fb_img, fb_found

@@ -119,8 +119,30 @@ def bim(logits_fn, x, eps, y=None, nb_iter=NB_ITER, clip_min=CLIP_MIN, clip_max=
   return _iterative_sign(logits_fn, x, eps, y, nb_iter, 1.0, clip_min, clip_max)
 
 
+ILCM_TARGETS = ('original', 'onehot')
+
+
+def ilcm_target_vector(y_target, target='original', clip_min=CLIP_MIN, clip_max=CLIP_MAX):
+  """The vector ILCM descends the softmax cross-entropy towards, from one-hot targets [B, K].
+
+  'onehot' is the textbook ILCM. 'original' is what the paper's code built,
+  `one_hot(least_likely, on_value=clip_max, off_value=clip_min)`: +0.5 for the target and
+  -0.5 elsewhere, fed to TensorFlow's fused softmax cross-entropy like here. That op
+  backpropagates softmax(z) - t whatever the labels sum to (the true derivative of the loss,
+  softmax(z) * sum(t) - t, differs: sum(t) = 1 - K/2), so each step descends along p - t:
+  the target logit rises by 0.5 - p_t and every other logit falls by 0.5 + p_j, instead of
+  the one-hot's 1 - p_t and p_j. That produced the paper's ILCM row.
+  """
+  if target == 'onehot':
+    return y_target
+  if target == 'original':
+    return y_target * (clip_max - clip_min) + clip_min
+  raise ValueError('unknown ILCM target %r; expected one of: %s'
+                   % (target, ', '.join(ILCM_TARGETS)))
+
+
 def ilcm(logits_fn, x, eps, y_target=None, nb_iter=NB_ITER, clip_min=CLIP_MIN,
-         clip_max=CLIP_MAX):
+         clip_max=CLIP_MAX, target='original'):
   """Iterative least-likely class method ('tgsm'): nb_iter steps DESCENDING CE to y_target.
 
   Args:
@@ -130,6 +152,8 @@ def ilcm(logits_fn, x, eps, y_target=None, nb_iter=NB_ITER, clip_min=CLIP_MIN,
     y_target: one-hot targets [B, K]; default the least-likely class of the clean input.
     nb_iter: number of steps of eps/nb_iter (Python int).
     clip_min, clip_max: the valid pixel range.
+    target: 'original' (the paper's +/-0.5 vector, the default) or 'onehot' (textbook); see
+      `ilcm_target_vector`.
 
   Returns:
     [B, H, W, C] float32 in [clip_min, clip_max], within eps of x in L-inf.
@@ -137,7 +161,8 @@ def ilcm(logits_fn, x, eps, y_target=None, nb_iter=NB_ITER, clip_min=CLIP_MIN,
   x = _as_float(x)
   if y_target is None:
     y_target = least_likely(logits_fn(x))
-  return _iterative_sign(logits_fn, x, eps, y_target, nb_iter, -1.0, clip_min, clip_max)
+  vector = ilcm_target_vector(y_target, target, clip_min, clip_max)
+  return _iterative_sign(logits_fn, x, eps, vector, nb_iter, -1.0, clip_min, clip_max)
 
 
 tgsm = ilcm  # the original code's --attack_method name

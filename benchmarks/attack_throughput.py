@@ -107,7 +107,8 @@ def main(argv=None):
       if name in args.attacks:
         cws[name] = attacks.CarliniWagnerL2(
             sess, logits_fn, shape, args.cw_batch,
-            confidence=attacks.get_attack(name).confidence, max_iterations=args.cw_iterations,
+            confidence=attacks.get_attack(name).info.cw_stages[0].confidence,
+            max_iterations=args.cw_iterations,
             binary_search_steps=args.cw_search_steps, num_classes=k)
     params = int(sum(np.prod(v.shape) for v in tf1.trainable_variables()))
     sess.run(tf1.global_variables_initializer())

@@ -66,8 +66,8 @@ def test_readme_attack_command_writes_every_original_file(fgsm_runs, digits_test
   assert os.listdir(os.path.join(fgsm_runs['cwd'], 'fgsm_mnist')) == ['RCE']
   assert sorted(os.listdir(out)) == sorted(ORIGINAL_FILES)  # no temporary files left
   assert 'wrote fgsm results (%d images, 10 rounds)' % N in proc.stdout
-  shapes = {'entropy_nor': (N,), 'confidence_nor': (N,), 'labels_nor': (N,),
-            'labels_true': (N,), 'logits_nor': (N, 64), 'entropy_adv': (10 * N,),
+  shapes = {'entropy_nor': (10 * N,), 'confidence_nor': (10 * N,), 'labels_nor': (10 * N,),
+            'labels_true': (10 * N,), 'logits_nor': (10 * N, 64), 'entropy_adv': (10 * N,),
             'confidence_adv': (10 * N,), 'labels_adv': (10 * N,), 'L2_distance': (10 * N,),
             'logits_adv': (10 * N, 64)}
   for name, shape in shapes.items():
@@ -87,7 +87,8 @@ def test_readme_attack_command_writes_every_original_file(fgsm_runs, digits_test
   assert adv.min() >= -0.5 and adv.max() <= 0.5
   images, labels = dataset_input.load_arrays('mnist', digits_test, N)
   np.testing.assert_array_equal(nor, images)  # the first N test images, in file order
-  np.testing.assert_array_equal(_load_text(out, 'labels_true'), labels)
+  # the original's layout: the normal rows once per eps round (one fixed image set)
+  np.testing.assert_array_equal(_load_text(out, 'labels_true'), np.tile(labels, 10))
 
 
 def test_summary_json_per_round_statistics(fgsm_runs):
@@ -99,8 +100,8 @@ def test_summary_json_per_round_statistics(fgsm_runs):
   assert summary['num_examples'] == N and summary['num_rounds'] == 10
   assert summary['attack'] == 'fgsm' and summary['dataset'] == 'mnist'
   assert summary['model'] == 'RCE'
-  labels = _load_text(out, 'labels_true')
-  pred_nor = _load_text(out, 'labels_nor')
+  labels = _load_text(out, 'labels_true').reshape(10, N)
+  pred_nor = _load_text(out, 'labels_nor').reshape(10, N)
   pred_adv = _load_text(out, 'labels_adv').reshape(10, N)
   conf_adv = _load_text(out, 'confidence_adv').reshape(10, N)
   nonme_adv = _load_text(out, 'entropy_adv').reshape(10, N)
@@ -108,8 +109,8 @@ def test_summary_json_per_round_statistics(fgsm_runs):
   assert len(summary['rounds']) == 10
   for r, stats in enumerate(summary['rounds']):
     assert stats['eps'] == pytest.approx(EPS[r])
-    assert stats['precision_nor'] == pytest.approx(np.mean(pred_nor == labels))
-    assert stats['precision_adv'] == pytest.approx(np.mean(pred_adv[r] == labels))
+    assert stats['precision_nor'] == pytest.approx(np.mean(pred_nor[r] == labels[r]))
+    assert stats['precision_adv'] == pytest.approx(np.mean(pred_adv[r] == labels[r]))
     assert stats['mean_confidence_adv'] == pytest.approx(conf_adv[r].mean(), rel=1e-6)
     assert stats['mean_non_me_adv'] == pytest.approx(nonme_adv[r].mean(), rel=1e-6)
     assert stats['mean_l2'] == pytest.approx(l2[r].mean(), rel=1e-5)
@@ -146,9 +147,9 @@ def test_save_pwd_puts_results_there_and_batches_concatenate(fgsm_runs):
   if fgsm_runs['readme'].returncode == 0:
     ref = np.load(os.path.join(fgsm_runs['out'], 'adv_img.npy'))[:, :30]
     np.testing.assert_allclose(np.load(os.path.join(save_pwd, 'adv_img.npy')), ref, atol=1e-6)
-    np.testing.assert_allclose(_load_text(save_pwd, 'logits_nor'),
-                               _load_text(fgsm_runs['out'], 'logits_nor')[:30], rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(_load_text(save_pwd, 'logits_nor').reshape(10, 30, 64),
+                               _load_text(fgsm_runs['out'], 'logits_nor').reshape(
+                                   10, N, 64)[:, :30], rtol=1e-4, atol=1e-5)
 
 
 def _restored(rce_root):
@@ -161,8 +162,9 @@ def test_graph_does_not_grow_across_eps_rounds(rce_root, digits_test, fgsm_runs)
   model = _restored(rce_root)
   try:
     params = attack_runner.AttackParams(
-        batch_size=20, nb_iter=10, jsma_max_iter=20, cw_batch_size=20, cw_max_iterations=10,
-        cw_binary_search_steps=1, cw_learning_rate=0.01, cw_initial_const=1.0, seed=0)
+        batch_size=20, nb_iter=10, jsma_max_iter=20, tgsm_target='original',
+        cw_overrides={'batch_size': 20, 'max_iterations': 10, 'binary_search_steps': 1},
+        seed=0)
     built = {name: attack_runner.EpsAttack(model, attacks.get_attack(name), params)
              for name in ('fgsm', 'bim')}
     model.init_new_variables()
@@ -183,11 +185,13 @@ def test_graph_does_not_grow_across_eps_rounds(rce_root, digits_test, fgsm_runs)
       np.testing.assert_allclose(rounds['fgsm'], saved[[0, 4, 9]], atol=1e-6)
       logits, features = model.outputs(images)
       pred, conf, nonme = restored_model.prediction_stats(logits)
-      np.testing.assert_array_equal(pred, _load_text(out, 'labels_nor'))
-      np.testing.assert_allclose(conf, _load_text(out, 'confidence_nor'), rtol=1e-4)
-      np.testing.assert_allclose(nonme, _load_text(out, 'entropy_nor'), rtol=1e-4, atol=1e-6)
-      np.testing.assert_allclose(features, _load_text(out, 'logits_nor'), rtol=1e-4,
-                                 atol=1e-5)
+      np.testing.assert_array_equal(np.tile(pred, 10), _load_text(out, 'labels_nor'))
+      np.testing.assert_allclose(np.tile(conf, 10), _load_text(out, 'confidence_nor'),
+                                 rtol=1e-4)
+      np.testing.assert_allclose(np.tile(nonme, 10), _load_text(out, 'entropy_nor'),
+                                 rtol=1e-4, atol=1e-6)
+      np.testing.assert_allclose(np.tile(features, (10, 1)), _load_text(out, 'logits_nor'),
+                                 rtol=1e-4, atol=1e-5)
   finally:
     model.close()
 
@@ -327,6 +331,12 @@ def test_carlini_cli_writes_one_round_and_success_rate(rce_root, digits_test, tm
   assert summary['num_rounds'] == 1 and summary['eps'] == [None]
   assert len(summary['rounds']) == 1
   rate = summary['attack_stats']['success_rate']
+  # The flags given win over the attack's defaults (the original's); the summary says so.
+  assert summary['attack_stats']['cw_settings'] == [{
+      'batch_size': 20, 'max_iterations': 30, 'binary_search_steps': 2, 'initial_const': 1.0,
+      'confidence': 0.0, 'learning_rate': 0.01}]
+  assert ('from the command line: --cw_batch_size, --cw_binary_search_steps, '
+          '--cw_max_iterations') in proc.stderr, describe(proc)
   for name in ('labels_adv', 'L2_distance', 'entropy_adv', 'confidence_adv'):
     assert _load_text(out, name).shape == (n,), name
   assert _load_text(out, 'logits_adv').shape == (n, 64)

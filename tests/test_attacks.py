@@ -18,6 +18,7 @@ import dataset_input
 import resnet_model
 
 tf1 = tf.compat.v1
+HIGHCON = attacks.get_attack('carliniL2_highcon').info.cw_stages[0].confidence
 tf1.disable_eager_execution()
 
 TRAIN_STEPS = 300
@@ -116,12 +117,26 @@ def lab():
                                          num_classes=10)
     ns.cw_hc = attacks.CarliniWagnerL2(
         sess, ce_fn, (28, 28, 1), batch_size=CW_SMALL,
-        confidence=attacks.carlini.HIGHCON_CONFIDENCE,
+        confidence=HIGHCON,
         max_iterations=CW_ITERATIONS, binary_search_steps=CW_SEARCH_STEPS, num_classes=10)
     ns.cw_extra = attacks.CarliniWagnerL2(
         sess, ce_fn, (28, 28, 1), batch_size=CW_SMALL, max_iterations=CW_ITERATIONS // 2,
         binary_search_steps=CW_SEARCH_STEPS, extra_loss_fn=_toy_f2(ce_fn), num_classes=10)
     ns.toy_f2 = _toy_f2(ce_fn)(x, y_target)
+    ns.ilcm_onehot = attacks.ilcm(rce_fn, x, eps, target='onehot')
+    # Per-example abort early: the same examples at batch 1 and batch 10.
+    small = dict(max_iterations=30, binary_search_steps=2, num_classes=10)
+    ns.cw_b1 = attacks.CarliniWagnerL2(sess, rce_fn, (28, 28, 1), batch_size=1, **small)
+    ns.cw_b10 = attacks.CarliniWagnerL2(sess, rce_fn, (28, 28, 1), batch_size=10, **small)
+    # C&W-wb's two runs with a detector term that always holds (f2 = -1).
+    ns.cw_stage1 = attacks.CarliniWagnerL2(
+        sess, ce_fn, (28, 28, 1), batch_size=CW_SMALL, confidence=5.0,
+        max_iterations=CW_ITERATIONS, binary_search_steps=CW_SEARCH_STEPS, initial_const=10.0,
+        num_classes=10)
+    ns.cw_stage2 = attacks.CarliniWagnerL2(
+        sess, ce_fn, (28, 28, 1), batch_size=CW_SMALL, confidence=5.0, max_iterations=50,
+        binary_search_steps=2, initial_const=100.0, num_classes=10,
+        extra_loss_fn=lambda images, _: -tf.ones([tf.shape(images)[0]]))
     graph.finalize()
 
   ns.test_x, ns.test_y = test_x[:NUM_ATTACKED], test_y[:NUM_ATTACKED]
@@ -292,7 +307,7 @@ def test_carlini_high_confidence_margin(lab):
   t = targets[success]
   z_target = z[np.arange(len(t)), t]
   z_other = np.where(_onehot(t) > 0, -np.inf, z).max(1)
-  assert np.all(z_target - z_other >= attacks.carlini.HIGHCON_CONFIDENCE - 1e-3)
+  assert np.all(z_target - z_other >= HIGHCON - 1e-3)
 
 
 def test_carlini_extra_loss_success_needs_f2_nonpositive(lab):
@@ -307,7 +322,14 @@ def test_carlini_extra_loss_success_needs_f2_nonpositive(lab):
   assert np.all(f2[success] <= 1e-4)
   z = lab.sess.run(lab.ce_logits, {lab.x: adv})
   np.testing.assert_array_equal(z.argmax(1)[success], lab.cw_target[:n][success])
-  np.testing.assert_array_equal(adv[~success], images[~success])
+  # The original's fallback: an example that never succeeds comes back as its lowest-f2 image
+  # that reaches the target, if any; else unchanged.
+  fallback = lab.cw_extra.last_fallback
+  assert not (fallback & success).any()
+  np.testing.assert_array_equal(z.argmax(1)[fallback], lab.cw_target[:n][fallback])
+  assert np.all(f2[fallback] > 0)
+  neither = ~success & ~fallback
+  np.testing.assert_array_equal(adv[neither], images[neither])
 
 
 def test_carlini_chunks_and_pads_like_separate_calls(lab):
@@ -341,16 +363,105 @@ def test_graph_size_does_not_depend_on_eps(lab):
   assert lab.graph.finalized
 
 
+def test_carlini_results_do_not_depend_on_the_batch(lab):
+  """Abort early is per example: each example's result at batch 10 is its batch-1 result."""
+  x, target = lab.test_x[:10], np.eye(10, dtype=np.float32)[lab.cw_target[:10]]
+  adv1 = lab.cw_b1.attack(x, target)
+  success1, l2_1 = lab.cw_b1.last_success.copy(), lab.cw_b1.last_l2.copy()
+  adv10 = lab.cw_b10.attack(x, target)
+  np.testing.assert_array_equal(success1, lab.cw_b10.last_success)
+  np.testing.assert_allclose(adv10, adv1, atol=1e-3)  # batched convolutions round apart
+  np.testing.assert_allclose(lab.cw_b10.last_l2, l2_1, rtol=1e-3)
+  assert success1.any()
+
+
+def test_cw_wb_second_run_starts_from_the_first_runs_image(lab):
+  """Where the first run already succeeded (logit margin >= 5) and the detector term holds,
+  the second run keeps that image: its L2 penalty is measured from it. Success is judged on
+  the logits: a softmax margin of 5 could never hold."""
+  x = lab.test_x[:CW_SMALL]
+  target = np.eye(10, dtype=np.float32)[lab.cw_target[:CW_SMALL]]
+  stage1 = lab.cw_stage1.attack(x, target)
+  first = lab.cw_stage1.last_success.copy()
+  assert first.sum() >= CW_SMALL // 2, first
+  stage2 = lab.cw_stage2.attack(stage1, target)
+  assert lab.cw_stage2.last_success[first].all()
+  np.testing.assert_allclose(stage2[first], stage1[first], atol=1e-5)
+  logits = lab.sess.run(lab.ce_logits, {lab.x: stage2[first]})
+  z_target = logits[np.arange(len(logits)), lab.cw_target[:CW_SMALL][first]]
+  z_other = np.where(target[first] > 0, -np.inf, logits).max(axis=1)
+  assert np.all(z_target - z_other >= 5.0 - 1e-3)
+
+
+def test_ilcm_original_target_vector_and_its_gradient():
+  y = np.eye(10, dtype=np.float32)[[3, 7]]
+  with tf.Graph().as_default(), tf1.Session() as sess:
+    original = sess.run(attacks.gradient.ilcm_target_vector(tf.constant(y), 'original'))
+    onehot = sess.run(attacks.gradient.ilcm_target_vector(tf.constant(y), 'onehot'))
+    z = np.random.RandomState(0).normal(size=(2, 10)).astype(np.float32)
+    logits = tf.constant(z)
+    loss = tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(labels=original,
+                                                                 logits=logits))
+    grad = sess.run(tf.gradients(loss, logits)[0])
+  np.testing.assert_array_equal(original, np.where(y > 0, 0.5, -0.5))
+  np.testing.assert_array_equal(onehot, y)
+  # TensorFlow's fused softmax cross-entropy backpropagates softmax(z) - t (it assumes the
+  # labels sum to 1), and the original ran that op: so each ILCM step descends along p - t.
+  # The loss's true derivative, p * sum_j t_j - t = -4 p - t for ten classes, is not it.
+  p = np.exp(z - z.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  np.testing.assert_allclose(grad, p - original, atol=1e-6)
+  np.testing.assert_allclose(original.sum(1), -4.0)
+  assert np.abs(grad - (p * original.sum(1, keepdims=True) - original)).max() > 1.0
+  with pytest.raises(ValueError, match='onehot'):
+    attacks.gradient.ilcm_target_vector(y, 'textbook')
+
+
+def test_ilcm_original_and_onehot_targets_give_different_images(lab):
+  x = lab.test_x[:50]
+  original = lab.run(lab.ops['tgsm'], x, 0.1)
+  onehot = lab.run(lab.ilcm_onehot, x, 0.1)
+  assert np.mean(np.any(original != onehot, axis=(1, 2, 3))) > 0.5
+  for adv in (original, onehot):
+    assert np.abs(adv - x).max() <= 0.1 + 1e-6
+
+
+def test_table3_statistics_over_the_stated_subset():
+  rng = np.random.RandomState(3)
+  images = rng.uniform(-0.5, 0.5, (40, 4, 4, 1))
+  adv = np.clip(images + rng.normal(scale=0.1, size=images.shape), -0.5, 0.5)
+  clean_correct, reached = rng.rand(40) < 0.8, rng.rand(40) < 0.6
+  f2 = rng.normal(size=40)
+  stats = attack_runner.wb_stats(images, adv, clean_correct, reached, f2)
+  counted = clean_correct & reached
+  rms = [np.sqrt(np.mean((images[i] - adv[i]) ** 2)) for i in np.flatnonzero(counted)]
+  l2 = [np.linalg.norm((images[i] - adv[i]).ravel()) for i in np.flatnonzero(counted)]
+  assert stats['table3_examples'] == counted.sum()
+  assert stats['rms_distortion'] == pytest.approx(np.mean(rms))
+  assert stats['mean_l2_distortion'] == pytest.approx(np.mean(l2))
+  assert stats['ratio_f2_positive'] == pytest.approx(np.mean(f2[counted] > 0))
+  none = attack_runner.wb_stats(images, adv, clean_correct, np.zeros(40, bool), f2)
+  assert none == {'table3_examples': 0, 'ratio_f2_positive': None, 'rms_distortion': None,
+                  'mean_l2_distortion': None}
+
+
 def test_registry():
   assert attacks.ATTACK_NAMES == ('random', 'fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2',
                                   'carliniL2_highcon', 'carliniL2_specific')
   for name in ('random', 'fgsm', 'bim', 'tgsm', 'jsma'):
     spec = attacks.get_attack(name)
-    assert spec.info.swept and spec.confidence is None and callable(spec.build)
-  confidences = {name: attacks.get_attack(name).confidence
-                 for name in ('carliniL2', 'carliniL2_highcon', 'carliniL2_specific')}
-  assert confidences == {'carliniL2': 0.0, 'carliniL2_highcon': 10.0, 'carliniL2_specific': 5.0}
-  assert not any(attacks.get_attack(n).info.swept for n in confidences)
+    assert spec.info.swept and spec.info.cw_stages == () and callable(spec.build)
+  # The original's settings (its test_adv.py): (batch, iterations, search steps, c, kappa).
+  stages = {name: [(s.batch_size, s.max_iterations, s.binary_search_steps, s.initial_const,
+                    s.confidence, s.learning_rate)
+                   for s in attacks.get_attack(name).info.cw_stages]
+            for name in ('carliniL2', 'carliniL2_highcon', 'carliniL2_specific')}
+  assert stages == {
+      'carliniL2': [(10, 10, 9, 1.0, 0.0, 0.01)],
+      'carliniL2_highcon': [(10, 10000, 9, 1.0, 10.0, 0.01)],
+      'carliniL2_specific': [(1, 5000, 3, 10.0, 5.0, 0.01), (1, 10000, 9, 100.0, 5.0, 0.01)]}
+  assert not any(attacks.get_attack(n).info.swept or attacks.get_attack(n).build
+                 for n in stages)
   assert [n for n in attacks.ATTACK_NAMES if attacks.get_attack(n).info.white_box] == [
       'carliniL2_specific']
   titles = [attack_names.title(n) for n in attacks.ATTACK_NAMES]
@@ -364,13 +475,13 @@ def test_registry():
 def test_swept_build_passes_each_attack_its_own_parameters():
   calls = []
   record = lambda *args, **kwargs: calls.append((args, kwargs)) or 'x_adv'
-  params = attack_runner.AttackParams(batch_size=4, nb_iter=3, jsma_max_iter=5, cw_batch_size=1,
-                                      cw_max_iterations=1, cw_binary_search_steps=1,
-                                      cw_learning_rate=0.01, cw_initial_const=1.0, seed=7)
-  build = attacks._eps_attack(record, nb_iter='nb_iter')  # pylint: disable=protected-access
+  params = attack_runner.AttackParams(batch_size=4, nb_iter=3, jsma_max_iter=5,
+                                      tgsm_target='onehot', cw_overrides={}, seed=7)
+  build = attacks._eps_attack(record, nb_iter='nb_iter', target='tgsm_target')  # pylint: disable=protected-access
   assert build('logits_fn', 'x', 'eps', params) == 'x_adv'
   attacks._eps_attack(record, uses_model=False, seed='seed')('logits_fn', 'x', 'eps', params)  # pylint: disable=protected-access
-  assert calls == [(('logits_fn', 'x', 'eps'), {'nb_iter': 3}), (('x', 'eps'), {'seed': 7})]
+  assert calls == [(('logits_fn', 'x', 'eps'), {'nb_iter': 3, 'target': 'onehot'}),
+                   (('x', 'eps'), {'seed': 7})]
 
 
 def test_get_attack_unknown_name_lists_names_and_builds_nothing():
