@@ -49,7 +49,7 @@ def _scores(data, kd, side):
           'k_density': log_kd}
 
 
-def evaluate_attack(directory, kd, thresholds, eps_round):
+def evaluate_attack(directory, kd, thresholds, eps_round, auc_ties='half'):
   """AUCs, ROC points and the thresholding test of one attack on one model.
 
   Args:
@@ -58,6 +58,8 @@ def evaluate_attack(directory, kd, thresholds, eps_round):
     thresholds: [K] per-class K-density thresholds; K, the kernel's number of classes, is
       their length.
     eps_round: 1-based eps round of the swept attacks.
+    auc_ties: how the AUCs count tied scores, one of detection.AUC_TIES (see
+      detection.roc_auc).
 
   Raises:
     result_files.ResultsError: the results hold a class the kernel does not have.
@@ -80,7 +82,7 @@ def evaluate_attack(directory, kd, thresholds, eps_round):
          'run_id': result_files.run_id(data['summary'])}
   for metric in detection.METRICS:
     pos, neg = nor[metric][keep], adv[metric][keep]
-    out['auc'][metric] = detection.roc_auc(pos, neg)
+    out['auc'][metric] = detection.roc_auc(pos, neg, ties=auc_ties)
     if out['auc'][metric] is not None:
       out['roc'][metric] = detection.roc_curve_points(pos, neg)
   out['threshold'] = detection.threshold_test(
@@ -129,7 +131,15 @@ def check_consistent(found, kernel_summaries, kernel_dir):
                                  for m in sorted(kernel_data))))
 
 
-def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
+# The sentence under Table 2 naming the tie rule of its AUCs, per detection.AUC_TIES.
+_AUC_TIES_NOTE = {
+    'half': 'AUC ties: half credit (rank statistic).',
+    'original': 'AUC ties: counted against the normal example, as the original\'s AUC.m.',
+}
+
+
+def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median',
+           auc_ties='half'):
   """Finds every attack result of `dataset`, writes Table 2 (md, csv), ROC PNGs, thresholds.
 
   Args:
@@ -138,6 +148,9 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
     eps_round: 1-based eps round of the swept attacks (8 is eps 0.16).
     out_dir: where the report goes (default {results_dir}/detect_{dataset}).
     threshold: 'median' (training median K-density per class) of the thresholding test.
+    auc_ties: how every AUC counts a (normal, adversarial) pair with equal scores: 'half'
+      (half credit, the rank statistic = sklearn's roc_auc_score) or 'original' (no credit,
+      as the original's Matlab_scripts/AUC.m); see detection.roc_auc. Table 2 says which.
 
   Returns:
     (markdown text, {attack: {model: evaluate_attack result}}).
@@ -145,6 +158,7 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
   The output folder's summary.json records the run ids of every folder read and the
   checksums of every file written (result_files.FolderWriter).
   """
+  detection.check_auc_ties(auc_ties)  # before any file is read
   found = result_files.find_attacks(results_dir, dataset)
   if not found:
     raise result_files.ResultsError(
@@ -171,7 +185,7 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
     per_model = {}
     for model, directory in sorted(found[attack].items()):
       kd, thresholds = detectors[model]
-      per_model[model] = evaluate_attack(directory, kd, thresholds, eps_round)
+      per_model[model] = evaluate_attack(directory, kd, thresholds, eps_round, auc_ties)
       inputs['attacks'].setdefault(attack, {})[model] = {
           'dir': os.path.abspath(directory), 'run_id': per_model[model].pop('run_id')}
       logging.info('%s %s: %d kept examples', attack, model, per_model[model]['n_kept'])
@@ -195,9 +209,10 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
                      {model: r['threshold'] for model, r in per_model.items()})
                     for attack, per_model in results]
   text = (table + '\nK-density under the predicted class; kept examples: normal classified '
-          'correctly and adversarial misclassified. Swept attacks at eps round %d.\n\n'
+          'correctly and adversarial misclassified. Swept attacks at eps round %d. %s\n\n'
           '### Thresholding test (per-class threshold: training median K-density)\n\n%s'
-          % (eps_round, report_render.threshold_markdown(threshold_rows)))
+          % (eps_round, _AUC_TIES_NOTE[auc_ties],
+             report_render.threshold_markdown(threshold_rows)))
   folder = result_files.FolderWriter(out_dir)  # incomplete until finish()
   for name, curves, title in figures:
     folder.write(name, lambda path, c=curves, t=title: report_render.plot_roc(c, path, t))
@@ -205,5 +220,6 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median'):
   folder.write('table2.csv', io_utils.atomic_write_text, report_render.table_csv(rows))
   folder.finish({'dataset': dataset, 'eps_round': eps_round, 'inputs': inputs,
                  'provenance': provenance.record(None, [], {'eps_round': eps_round,
-                                                            'threshold': threshold})})
+                                                            'threshold': threshold,
+                                                            'auc_ties': auc_ties})})
   return text, dict(results)

@@ -215,30 +215,62 @@ def kept_mask(labels_true, labels_nor, labels_adv):
           & (np.asarray(labels_adv).reshape(-1) != labels_true))
 
 
-def roc_auc(scores_normal, scores_adv):
+# How `roc_auc` counts a (normal, adversarial) pair with equal scores.
+AUC_TIES = ('half', 'original')
+
+
+def check_auc_ties(ties):
+  """ValueError naming the valid rules unless `ties` is one of AUC_TIES."""
+  if ties not in AUC_TIES:
+    raise ValueError('unknown AUC tie rule %r; valid: %s'
+                     % (ties, ', '.join(repr(t) for t in AUC_TIES)))
+
+
+def roc_auc(scores_normal, scores_adv, ties='half'):
   """ROC-AUC with normal examples as positives; a higher score means more normal.
 
-  The Mann-Whitney rank-sum statistic U / (n_pos * n_neg) with average ranks for ties, i.e.
-  the fraction of (normal, adversarial) pairs ordered correctly, ties counting 1/2; equal to
-  `sklearn.metrics.roc_auc_score` on the concatenation.
+  With P the n_pos normal scores and Q the n_neg adversarial scores,
+
+    AUC = (#{(i, j): P_i > Q_j} + c * #{(i, j): P_i == Q_j}) / (n_pos * n_neg),
+
+  where c is the credit of a tied pair:
+
+  * ties='half': c = 1/2. The Mann-Whitney rank-sum statistic U / (n_pos * n_neg) with
+    average ranks for ties; equal to `sklearn.metrics.roc_auc_score` on the concatenation.
+  * ties='original': c = 0, i.e. a tie counts against the normal example. This is the rule
+    of the original code's `Matlab_scripts/AUC.m` (github.com/P2333/Reverse-Cross-Entropy),
+    called as AUC([ones(1, n) zeros(1, n)], [normal adversarial]) by auc_of_roc_RCE.m: it
+    ranks the concatenation with Matlab's stable `sort`, so in a group of equal scores the
+    normal examples (first in the input) take the lowest ranks, and returns
+    (sum of the normal examples' ranks - n_pos (n_pos + 1) / 2) / (n_pos * n_neg). Computed
+    here as the count above with a binary search of each normal score in the sorted
+    adversarial scores; the numerator is an exact integer, so the result equals AUC.m's.
+
+  The two rules agree when no normal score equals an adversarial one. Ties matter for the
+  confidence score, whose float32 softmax saturates at 1.0 on both sides.
 
   Args:
     scores_normal: [n_pos] float scores of the kept normal examples.
     scores_adv: [n_neg] float scores of the kept adversarial examples.
+    ties: 'half' or 'original' (see above), the members of AUC_TIES.
 
   Returns:
     The AUC as a float, or None when it is not computable: either side empty (so fewer than
     two examples, or only one class).
 
   Raises:
-    ValueError: a score is NaN.
+    ValueError: a score is NaN, or `ties` is not one of AUC_TIES.
   """
+  check_auc_ties(ties)
   pos = np.asarray(scores_normal, np.float64).reshape(-1)
   neg = np.asarray(scores_adv, np.float64).reshape(-1)
   if pos.size < 1 or neg.size < 1 or pos.size + neg.size < 2:
     return None
   if np.isnan(pos).any() or np.isnan(neg).any():
     raise ValueError('roc_auc got NaN scores.')
+  if ties == 'original':
+    below = np.searchsorted(np.sort(neg), pos, side='left')  # #{j: Q_j < P_i} per i
+    return float(below.sum(dtype=np.int64) / (pos.size * neg.size))
   ranks = rankdata(np.concatenate([pos, neg]))
   u = ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2.0
   return float(u / (pos.size * neg.size))

@@ -21,7 +21,7 @@ import report_render
 
 
 def mann_whitney_auc(pos, neg):
-  """The original Matlab's pair count: 1 for pos > neg, 0.5 for a tie."""
+  """Brute-force pair count of ties='half': 1 for pos > neg, 0.5 for a tie."""
   total = 0.0
   for p in pos:
     for n in neg:
@@ -48,6 +48,138 @@ def test_roc_auc_extremes_and_not_computable():
   assert detection.roc_auc([0.1, 0.2], []) is None
   assert detection.roc_auc([0.3], []) is None
   assert detection.roc_auc([], []) is None
+
+
+def matlab_auc_m(test_targets, output):
+  """Literal port of the original's Matlab_scripts/AUC.m (P2333/Reverse-Cross-Entropy).
+
+  Matlab's `sort` is stable, hence kind='stable'; indices here are 0-based, ranks 1-based.
+  """
+  order = np.argsort(output, kind='stable')  # [A,I]=sort(output);
+  m, n = 0, 0
+  for i in range(len(output)):
+    if test_targets[i] == 1:
+      m += 1
+    else:
+      n += 1
+  sigma = 0
+  for i in range(m + n, 0, -1):  # for i=M+N:-1:1
+    if test_targets[order[i - 1]] == 1:
+      sigma += i
+  return (sigma - (m + 1) * m / 2) / (m * n)
+
+
+def original_call(pos, neg):
+  """AUC.m called as auc_of_roc_RCE.m does: targets [ones zeros], outputs [normal adv]."""
+  return matlab_auc_m(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg])
+
+
+def tied_scores(rng, size, kind):
+  """Scores with many ties: small integers, or confidences saturated at 1.0 (float32)."""
+  if kind == 'integers':
+    return rng.randint(0, 4, size=size).astype(np.float64)
+  logits = rng.normal(0.0, 1.0, size=(size, 10)).astype(np.float32)
+  logits[:, 0] += rng.choice([2.0, 200.0], size=size).astype(np.float32)
+  z = logits - logits.max(axis=1, keepdims=True)
+  probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)  # float32: saturates at 1.0
+  return probs.max(axis=1)
+
+
+@pytest.mark.parametrize('kind', ['integers', 'saturated'])
+@pytest.mark.parametrize('n_pos,n_neg', [(1, 1), (1, 7), (6, 1), (5, 3), (40, 40),
+                                         (97, 53), (400, 300)])
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_roc_auc_original_ties_equal_a_port_of_auc_m(seed, n_pos, n_neg, kind):
+  rng = np.random.RandomState(seed)
+  pos, neg = tied_scores(rng, n_pos, kind), tied_scores(rng, n_neg, kind)
+  if kind == 'saturated' and n_pos > 10:
+    assert (pos == 1.0).any() and (neg == 1.0).any()
+  auc = detection.roc_auc(pos, neg, ties='original')
+  assert auc == original_call(pos, neg)  # exact: both are an integer count / (n_pos n_neg)
+  n_ties = int((pos[:, None] == neg[None, :]).sum())
+  assert detection.roc_auc(pos, neg, ties='half') == pytest.approx(
+      auc + 0.5 * n_ties / (n_pos * n_neg), abs=1e-12)
+  y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
+  assert detection.roc_auc(pos, neg, ties='half') == pytest.approx(
+      roc_auc_score(y, np.r_[pos, neg]), abs=1e-12)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2, 3])
+def test_roc_auc_half_ties_still_equal_sklearn_on_saturated_scores(seed):
+  rng = np.random.RandomState(seed)
+  pos, neg = tied_scores(rng, 80, 'saturated'), tied_scores(rng, 60, 'saturated')
+  y = np.r_[np.ones(pos.size), np.zeros(neg.size)]
+  want = roc_auc_score(y, np.r_[pos, neg])
+  assert detection.roc_auc(pos, neg) == detection.roc_auc(pos, neg, ties='half')
+  assert detection.roc_auc(pos, neg, ties='half') == pytest.approx(want, abs=1e-12)
+  assert detection.roc_auc(pos, neg, ties='half') == pytest.approx(mann_whitney_auc(pos, neg),
+                                                                   abs=1e-12)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_roc_auc_rules_agree_without_ties(seed):
+  rng = np.random.RandomState(seed)
+  pos = rng.normal(0.5, 1.0, size=rng.randint(1, 200))
+  neg = rng.normal(0.0, 1.0, size=rng.randint(1, 200))
+  assert not np.isin(pos, neg).any()
+  half = detection.roc_auc(pos, neg, ties='half')
+  assert detection.roc_auc(pos, neg, ties='original') == pytest.approx(half, abs=1e-12)
+  assert detection.roc_auc(pos, neg, ties='original') == original_call(pos, neg)
+
+
+def test_roc_auc_original_ties_hand_made_and_not_computable():
+  assert detection.roc_auc([1.0, 1.0], [1.0], ties='original') == 0.0
+  assert detection.roc_auc([1.0, 0.5], [1.0, 0.2], ties='original') == 0.5  # 2 of 4 pairs
+  assert detection.roc_auc([1.0, 0.5], [1.0, 0.2], ties='half') == 0.625
+  assert detection.roc_auc([np.inf, 2.0], [-np.inf, 2.0], ties='original') == 0.75
+  assert detection.roc_auc([], [0.1, 0.2], ties='original') is None
+  assert detection.roc_auc([0.1, 0.2], [], ties='original') is None
+  assert detection.roc_auc([], [], ties='original') is None
+  with pytest.raises(ValueError, match='NaN'):
+    detection.roc_auc([np.nan, 1.0], [0.0], ties='original')
+
+
+@pytest.mark.parametrize('bad', ['average', 'Original', '', None, 0.5])
+def test_roc_auc_unknown_tie_rule_raises_naming_the_valid_ones(bad):
+  for pos, neg in (([1.0, 0.0], [0.5]), ([], [])):
+    with pytest.raises(ValueError) as err:
+      detection.roc_auc(pos, neg, ties=bad)
+    assert "'half'" in str(err.value) and "'original'" in str(err.value), str(err.value)
+
+
+def test_detect_passes_the_tie_rule_records_it_and_notes_it(tmp_path, monkeypatch):
+  import detect_report  # pylint: disable=g-import-not-at-top
+  import result_files  # pylint: disable=g-import-not-at-top
+  import test_provenance  # pylint: disable=g-import-not-at-top
+  results = str(tmp_path / 'results')
+  for seed, model in enumerate(('CE', 'RCE')):
+    test_provenance._save_attack(results, model, seed)  # pylint: disable=protected-access
+  test_provenance._save_kernels(results)  # pylint: disable=protected-access
+  real, seen = detection.roc_auc, []
+
+  def spy(pos, neg, ties='half'):
+    seen.append(ties)
+    return real(pos, neg, ties=ties)
+
+  monkeypatch.setattr(detection, 'roc_auc', spy)
+  notes = {'half': 'AUC ties: half credit (rank statistic).',
+           'original': 'AUC ties: counted against the normal example, as the original\'s '
+                       'AUC.m.'}
+  for rule in ('original', 'half'):
+    del seen[:]
+    out_dir = str(tmp_path / rule)
+    kwargs = {} if rule == 'half' else {'auc_ties': rule}
+    text, _ = detect_report.detect(results, 'mnist', out_dir=out_dir, **kwargs)
+    assert seen == [rule] * 2 * len(detection.METRICS), seen
+    assert notes[rule] in text and notes[{'half': 'original', 'original': 'half'}[rule]] \
+        not in text
+    assert text.index(notes[rule]) < text.index('### Thresholding test')
+    with open(os.path.join(out_dir, 'table2.md')) as f:
+      assert notes[rule] in f.read()
+    summary = result_files.load_verified_summary(out_dir)
+    assert summary['provenance']['flags']['auc_ties'] == rule
+  with pytest.raises(ValueError, match='original'):
+    detect_report.detect(str(tmp_path / 'nothing_here'), 'mnist', auc_ties='average')
 
 
 def test_roc_curve_points_ends():
