@@ -1,20 +1,33 @@
 """The on-disk formats of test_adv.py: attack results and kernel parameters.
 
 Attack results, in `{attack}_{dataset}/{RCE|CE}/` (or --save_pwd), keep the original's file
-names and text/npy formats so its Matlab scripts could still read them. N is the number of
-attacked images, R the number of eps rounds (10 for the swept attacks, 1 for C&W):
+names, text/npy formats and row layout, so that its Matlab scripts read them. N is the number
+of attacked images, R the number of eps rounds (10 for the swept attacks, 1 for C&W):
 
-  labels_true                 N        true labels (text)
-  entropy_nor, confidence_nor N        non-ME and confidence of the normal images (text)
-  logits_nor                  N x 64   features of the normal images (text; the original's name)
-  labels_nor                  N        predicted labels of the normal images (text)
-  entropy_adv, confidence_adv R*N      the same for the adversarial images, round-major (text)
+  labels_true                 R*N      true labels (text)
+  entropy_nor, confidence_nor R*N      non-ME and confidence of the normal images (text)
+  logits_nor                  R*N x 64 features of the normal images (text; the original's name)
+  labels_nor                  R*N      predicted labels of the normal images (text)
+  entropy_adv, confidence_adv R*N      the same for the adversarial images (text)
   logits_adv                  R*N x 64
   labels_adv, L2_distance     R*N
   nor_img.npy                 [N, H, W, C] in [-0.5, 0.5]
   adv_img.npy                 [R, N, H, W, C] in [-0.5, 0.5]
   summary.json                eps per round, N, R, per-round statistics, the provenance
                               (model, data, flags, run id) and the SHA-256 of every file.
+
+Every text file is round-major: rows r*N .. (r+1)*N-1 belong to eps round r (0-based), as in
+the original's test_adv.py, which appended the normal and adversarial rows of each batch of
+each round alike (`labels_true_all = np.concatenate((labels_true_all, ...))` inside its loop
+over rounds), so each `*_nor` file and `labels_true` hold R*N rows. Its Matlab scripts rely on
+that: `auc_of_roc_RCE.m` reads `reshape(load('labels_nor'), num_per_eps, [])` and takes column
+`eps_round`, and picks `logits_nor` rows `(1+num_per_eps*(eps_round-1)):(num_per_eps*eps_round)`.
+
+Unlike the original, which drew new test images in every round, one fixed image set is attacked
+in every round: the rounds then differ only by eps, so a change across rounds is the attack's,
+not the sample's. The normal images' rows (`*_nor`, `labels_true`) are therefore the same N
+rows repeated once per round; `load_attack_round` refuses a folder whose rounds of them differ.
+`nor_img.npy` keeps the N images once (the original saved R*N; no Matlab script reads it).
 
 Kernel parameters, in `kernel_para_{dataset}/`: `training_logits_{M}` and
 `training_labels_{M}` (text, M = RCE or CE), `kernel_{M}.npz` (no pickle) and their summary
@@ -37,6 +50,8 @@ CLEAN_RESULT = 'precision.json'  # test_nor.py's result, in --eval_dir
 NOR_FILES = ('entropy_nor', 'confidence_nor', 'logits_nor', 'labels_nor')
 ADV_FILES = ('entropy_adv', 'confidence_adv', 'logits_adv', 'labels_adv', 'L2_distance')
 TEXT_FILES = NOR_FILES + ADV_FILES + ('labels_true',)
+# The files of the fixed normal image set: given with N rows, written once per eps round.
+REPEATED_FILES = NOR_FILES + ('labels_true',)
 MODELS = ('CE', 'RCE')
 
 
@@ -92,17 +107,40 @@ class FolderWriter(object):
 
 
 def save_attack_results(directory, arrays, summary):
-  """Writes every result file atomically, summary.json (with their checksums) last.
+  """Writes every result file atomically in the original's row layout, summary.json last.
+
+  The text files are round-major with R*N rows, R = summary['num_rounds'] and
+  N = summary['num_examples']: the N rows of the fixed normal image set (`*_nor`,
+  `labels_true`) are written once per round, as the original's Matlab scripts expect.
 
   Args:
     directory: output folder (created).
-    arrays: dict with the TEXT_FILES names plus 'nor_img' and 'adv_img'.
-    summary: JSON-serializable dict (eps list, statistics, provenance, ...).
+    arrays: dict with the TEXT_FILES names plus 'nor_img' [N,...] and 'adv_img' [R,N,...];
+      the REPEATED_FILES arrays have N rows, the ADV_FILES arrays R*N rows (round-major).
+    summary: JSON-serializable dict with 'num_examples' and 'num_rounds' (eps list,
+      statistics, provenance, ...).
+
+  Returns:
+    The summary as written, with the SHA-256 of every file.
+
+  Raises:
+    ValueError: an array does not have the rows N and R call for.
   """
+  n, rounds = summary['num_examples'], summary['num_rounds']
+  texts = {}
+  for name in TEXT_FILES:
+    values = np.asarray(arrays[name])
+    given = n if name in REPEATED_FILES else rounds * n
+    if len(values) != given:
+      raise ValueError('%s has %d rows, expected %d (N=%d, rounds=%d)'
+                       % (name, len(values), given, n, rounds))
+    if name in REPEATED_FILES:
+      values = np.concatenate([values] * rounds, axis=0)
+    texts[name] = values
   folder = FolderWriter(directory)
   for name in TEXT_FILES:
     fmt = '%d' if name.startswith('labels') else '%.8e'
-    folder.write(name, io_utils.atomic_savetxt, np.asarray(arrays[name]), fmt=fmt)
+    folder.write(name, io_utils.atomic_savetxt, texts[name], fmt=fmt)
   folder.write('nor_img.npy', io_utils.atomic_save_npy, arrays['nor_img'])
   folder.write('adv_img.npy', io_utils.atomic_save_npy, arrays['adv_img'])
   return folder.finish(summary)
@@ -165,13 +203,21 @@ def round_index(summary, eps_round):
 def load_attack_round(directory, index):
   """The arrays of one eps round (0-based) of a result folder, checked for consistency.
 
+  Every text file must hold R*N rows, round-major (the original's layout); the rounds of the
+  normal images' files (`*_nor`, `labels_true`) must be identical, the one fixed image set.
+
+  Args:
+    directory: a result folder written by `save_attack_results`.
+    index: the 0-based eps round to read.
+
   Returns:
     dict: summary, labels_true [N], *_nor [N] (logits_nor [N,64]), and the round's
     entropy_adv, confidence_adv, labels_adv, L2_distance [N], logits_adv [N,64].
 
   Raises:
     ResultsError naming the folder and the file: incomplete folder, a file missing, of the
-    wrong length, or not the one this run wrote (checksum).
+    wrong length, normal rows that differ between rounds, or a file not the one this run
+    wrote (checksum).
   """
   summary = load_summary(directory)
   n, rounds = summary['num_examples'], summary['num_rounds']
@@ -184,14 +230,24 @@ def load_attack_round(directory, index):
     if not os.path.exists(path):
       raise ResultsError('%s: missing result file %s' % (directory, name))
     values = np.loadtxt(path, ndmin=2 if name.startswith('logits') else 1)
-    expected = n * (rounds if name in ADV_FILES else 1)
+    expected = n * rounds
     if len(values) != expected:
-      raise ResultsError('%s: %s has %d rows, expected %d (N=%d, rounds=%d); the folder mixes '
-                         'results of different runs' % (directory, name, len(values), expected,
-                                                        n, rounds))
-    if name in ADV_FILES:
-      values = values[index * n:(index + 1) * n]
-    out[name] = values.astype(np.int64) if name.startswith('labels') else values
+      hint = 'the folder mixes results of different runs'
+      if name in REPEATED_FILES and rounds > 1 and len(values) == n:
+        hint = ('its normal rows are written once, not once per eps round: an older version '
+                'of the suite wrote it; rerun the attack')
+      raise ResultsError('%s: %s has %d rows, expected %d (N=%d, rounds=%d); %s'
+                         % (directory, name, len(values), expected, n, rounds, hint))
+    if name in REPEATED_FILES:
+      for r in range(1, rounds):
+        if not np.array_equal(values[r * n:(r + 1) * n], values[:n]):
+          raise ResultsError(
+              '%s: %s: the rows of eps round %d differ from those of round 1; the normal '
+              'images\' files must repeat one fixed image set in every round (rows %d..%d '
+              'vs 1..%d)' % (directory, name, r + 1, r * n + 1, (r + 1) * n, n))
+    out[name] = values[index * n:(index + 1) * n]
+    if name.startswith('labels'):
+      out[name] = out[name].astype(np.int64)
   verify_checksums(directory, summary)
   return out
 
