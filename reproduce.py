@@ -40,8 +40,9 @@ PRESETS = {
         checkpoint_steps=30, attack_batches=1,
         attack_batch_size=40, kernel_batches=15, cw=dict(iterations=20, search=2, batch=40),
         jsma_max_iter=20, eps_round=2, tsne=('fgsm',),
-        note='CI smoke run: ResNet-8, 60 training steps, 40 attacked images, C&W 2x20 '
-             'iterations, JSMA 20 pixels; numbers are not meaningful, only complete.'),
+        note='CI smoke run: ResNet-8, 60 training steps, 40 attacked images, C&W runs capped '
+             'at 20 iterations and 2 binary-search steps, JSMA 20 pixels (the original: 100); '
+             'numbers are not meaningful, only complete.'),
     'digits': dict(
         units=1, steps=dict(mnist=1000, cifar10=1000, cifar100=1000), lr_decay=(0.6, 0.85),
         checkpoint_steps=500, attack_batches=1, attack_batch_size=200, kernel_batches=15,
@@ -49,18 +50,19 @@ PRESETS = {
         tsne=('fgsm', 'carliniL2'),
         note='bundled digits data (1438 train / 359 test images of 8x8 upsampled to 28x28), '
              'ResNet-8 (num_residual_units=1), 1000 steps with the learning rate 0.1 / 0.01 / '
-             '0.001 from 60 % / 85 % of them, 200 attacked images, C&W 5x100 iterations, '
-             'detection at eps round 1 (eps 0.02): at larger eps every attack saturates on '
-             'this small data set (SPEC.md section 11).'),
+             '0.001 from 60 % / 85 % of them, 200 attacked images, C&W runs capped at 100 '
+             'iterations and 5 binary-search steps, detection at eps round 1 (eps 0.02): at '
+             'larger eps every attack saturates on this small data set (SPEC.md section 11).'),
     'full': dict(
         units=5, steps=dict(mnist=20000, cifar10=90000, cifar100=90000), lr_decay=None,
         checkpoint_steps=2500,
-        attack_batches=5, attack_batch_size=200, kernel_batches=600,
-        cw=dict(iterations=10000, search=9, batch=100), jsma_max_iter=100, eps_round=8,
+        attack_batches=5, attack_batch_size=200, kernel_batches=500,
+        cw=dict(iterations=None, search=None, batch=100), jsma_max_iter=100, eps_round=8,
         tsne=('fgsm', 'carliniL2'),
         note="the paper's settings: ResNet-32, 20000 (mnist) / 90000 (cifar) steps with the "
-             "paper's learning-rate schedule, 1000 attacked images, C&W 9x10000 iterations "
-             'with abort-early, eps round 8 (0.16).'),
+             "paper's learning-rate schedule, clean error on all test images, kernel points "
+             'from the first 50000 training images, 1000 attacked images, the original\'s C&W '
+             'settings (abort early per example), eps round 8 (0.16).'),
 }
 
 
@@ -286,13 +288,24 @@ class Driver(object):
     import result_files  # pylint: disable=g-import-not-at-top
     return result_files.load_verified_summary(self.eval_dir(rce), result_files.CLEAN_RESULT)
 
-  def attack_flags(self):
+  def attack_flags(self, attack):
+    """The preset's attack flags; C&W runs keep the original's settings, only capped (never
+    raised) by the preset's iterations and binary-search steps, and run at the preset's batch
+    (results do not depend on it)."""
     p = self.preset
-    return ['--results_dir=%s' % self.results, '--eval_batch_count=%d' % p['attack_batches'],
-            '--attack_batch_size=%d' % p['attack_batch_size'],
-            '--cw_max_iterations=%d' % p['cw']['iterations'],
-            '--cw_binary_search_steps=%d' % p['cw']['search'],
-            '--cw_batch_size=%d' % p['cw']['batch'], '--jsma_max_iter=%d' % p['jsma_max_iter']]
+    flags = ['--results_dir=%s' % self.results, '--eval_batch_count=%d' % p['attack_batches'],
+             '--attack_batch_size=%d' % p['attack_batch_size'],
+             '--jsma_max_iter=%d' % p['jsma_max_iter']]
+    stages = attack_names.info(attack).cw_stages
+    if stages:
+      flags.append('--cw_batch_size=%d' % p['cw']['batch'])
+      cap = p['cw']['iterations']
+      if cap and cap < max(s.max_iterations for s in stages):
+        flags.append('--cw_max_iterations=%d' % cap)
+      cap = p['cw']['search']
+      if cap and cap < min(s.binary_search_steps for s in stages):
+        flags.append('--cw_binary_search_steps=%d' % cap)
+    return flags
 
   def attack(self, attack, rce, test_path):
     import result_files  # pylint: disable=g-import-not-at-top
@@ -305,7 +318,8 @@ class Driver(object):
       upstream.append('kernel_para_%s' % model)
     self.run('attack_%s_%s' % (attack, model), self.script(
         'test_adv.py', '--eval_data_path=%s' % test_path, '--Optimizer=mom', '--mode=attack',
-        '--attack_method=%s' % attack, *(self.model_flags(rce) + self.attack_flags() + flags)),
+        '--attack_method=%s' % attack,
+        *(self.model_flags(rce) + self.attack_flags(attack) + flags)),
              dict(self.outputs(*upstream), data=self.data_ids['test']),
              lambda: result_files.run_id(result_files.load_verified_summary(directory)))
 
@@ -363,18 +377,31 @@ class Driver(object):
 
   # -- the report
   def table3(self):
+    """Table 3 (C&W-wb) with its definitions and the C&W settings each run used."""
     import result_files  # pylint: disable=g-import-not-at-top
-    lines = ['| Model | ratio of f2(x*) > 0 | mean minimal L2 distortion | target reached |',
-             '|---|---|---|---|']
+    lines = ['| Model | ratio of f2(x*) > 0 | distortion (RMS, the paper\'s) | mean L2 '
+             'distortion | examples counted | target reached |', '|---|---|---|---|---|---|']
+    settings = []
     for rce in (False, True):
       directory = result_files.attack_dir('carliniL2_specific', self.args.dataset, rce,
                                           results_dir=self.results)
       stats = result_files.load_verified_summary(directory)['attack_stats']
-      fmt = lambda v: 'n/c (no example reached its target)' if v is None else '%.4f' % v
-      lines.append('| %s | %s | %s | %.4f |' % (
-          'RCE' if rce else 'CE', fmt(stats['ratio_f2_positive']),
-          fmt(stats['mean_l2_distortion']), stats['target_reached_rate']))
-    return '\n'.join(lines) + '\n'
+      fmt = lambda v: 'n/c' if v is None else '%.4f' % v
+      model = 'RCE' if rce else 'CE'
+      lines.append('| %s | %s | %s | %s | %d | %.4f |' % (
+          model, fmt(stats['ratio_f2_positive']), fmt(stats['rms_distortion']),
+          fmt(stats['mean_l2_distortion']), stats['table3_examples'],
+          stats['target_reached_rate']))
+      settings.append('%s: %s' % (model, '; then '.join(
+          '%(binary_search_steps)d x %(max_iterations)d iterations, c %(initial_const)g, '
+          'confidence %(confidence)g' % s for s in stats['cw_settings'])))
+    return '\n'.join(lines) + (
+        '\n\nCounted: the examples classified correctly when clean whose adversarial image is '
+        'classified as its target (on the logits). Ratio of f2(x*) > 0: the fraction of them '
+        'the K-density detector still flags (f2 = -log K-density of the target class + log of '
+        'its training median; higher is better for the defense). Distortion (RMS): the mean '
+        'over them of sqrt(mean((x - x*)^2)), the original\'s; mean L2: of ||x - x*||_2. '
+        'n/c: no example counted. C&W runs used: %s.\n' % ' | '.join(settings))
 
   def write_report(self, tsne, total_wall):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -385,6 +412,10 @@ class Driver(object):
       table1.append('| %s | %.2f %% | %d | %d | %s |' % (
           'RCE' if rce else 'CE', 100.0 * (1.0 - clean['precision']), clean['images'],
           clean['checkpoint_step'], clean['provenance']['model']['fingerprint'][:16]))
+    table1.append('\nImages: the first ones of the test file(s) %s, in file order (the '
+                  "original's test_nor.py used the first 5000)."
+                  % ', '.join(os.path.basename(d['path'])
+                              for d in clean['provenance']['data']))
     detect_dir = os.path.join(self.results, 'detect_%s' % self.args.dataset)
     with open(os.path.join(detect_dir, 'table2.md')) as f:
       table2 = f.read()

@@ -100,7 +100,7 @@ def test_table3_and_figures_and_commands(first_run):
   text, out = first_run['text'], first_run['out']
   header, rows = markdown_table(section(text, '## Table 3'), '| Model')
   assert [r[0] for r in rows] == list(MODELS), rows
-  assert 'ratio of f2' in header[1] and 'L2' in header[2], header
+  assert 'ratio of f2' in header[1] and 'RMS' in header[2] and 'L2' in header[3], header
   for row in rows:
     for cell in row[1:]:
       assert cell.startswith('n/c') or 0.0 <= float(cell), row
