@@ -176,6 +176,13 @@ def define_attack_flags():
       message='--kernel_subset cannot exceed --kernel_per_class (it is drawn from them)')
   _count('eps_round', 8, 'eps round of the swept attacks that detect reports (1-based: 8 is '
          'eps 0.16).')
+  _count('num_shards', 1, 'Split the attacked images into this many contiguous shards '
+         '(--mode=attack runs one, --mode=merge_shards joins them).')
+  flags.DEFINE_integer('shard_index', 0, 'The shard this --mode=attack run attacks (0-based).',
+                       lower_bound=0)
+  flags.register_multi_flags_validator(
+      ['num_shards', 'shard_index'], lambda f: f['shard_index'] < f['num_shards'],
+      message='--shard_index must be below --num_shards')
 
 
 def hparams_from_flags():

@@ -12,6 +12,10 @@ Modes:
                (--train_data_path) -> kernel_para_{dataset}/ (kernel points, medians).
   detect       the AUC table (paper's Table 2), ROC curves and the thresholding test of every
                attack result under --results_dir, for CE and RCE side by side.
+  merge_shards joins the --num_shards shards of an attack (each run as --mode=attack
+               --num_shards=N --shard_index=I, e.g. by a cluster's array job) into its
+               ordinary result folder, after checking they come from the same checkpoint,
+               data and flags.
 """
 
 from absl import logging
@@ -19,6 +23,7 @@ import tensorflow as tf
 
 import attack_runner
 import attacks
+import checkpoints
 import common_flags
 import dataset_input
 import detect_report
@@ -26,16 +31,18 @@ import io_utils
 import provenance
 import result_files
 import restored_model
+import shards
 import training
 
 tf1 = tf.compat.v1
 FLAGS = common_flags.FLAGS
-MODES = ('attack', 'kernel_para', 'detect')
+MODES = ('attack', 'kernel_para', 'detect', 'merge_shards')
 # The flags that change each mode's result, recorded in its summary.
 ATTACK_FLAGS = ('dataset', 'RCE_train', 'num_residual_units', 'use_bottleneck', 'seed',
                 'attack_method', 'eps', 'eval_batch_count', 'attack_batch_size', 'bim_nb_iter',
                 'jsma_max_iter', 'tgsm_target', 'cw_batch_size', 'cw_max_iterations',
                 'cw_binary_search_steps', 'cw_learning_rate', 'cw_initial_const')
+SHARD_FLAGS = ('num_shards', 'shard_index')
 KERNEL_FLAGS = ('dataset', 'RCE_train', 'num_residual_units', 'use_bottleneck', 'seed',
                 'eval_batch_count', 'kernel_per_class', 'kernel_subset')
 
@@ -96,8 +103,15 @@ def run_attack():
   model = _restore()
   if spec.info.white_box:
     _check_kernel_model(kernel_summary, model, kernel_dir)
-  out_dir = result_files.attack_dir(FLAGS.attack_method, FLAGS.dataset, FLAGS.RCE_train,
-                                    FLAGS.save_pwd, FLAGS.results_dir)
+  out_dir = _attack_dir()
+  targets = attack_runner.random_targets(labels, FLAGS.seed, model.hps.num_classes)
+  shard = None
+  if FLAGS.num_shards > 1:  # this run's contiguous share; every image keeps its target
+    start, end = shards.share(len(images), FLAGS.shard_index, FLAGS.num_shards)
+    images, labels, targets = images[start:end], labels[start:end], targets[start:end]
+    out_dir = shards.shard_dir(out_dir, FLAGS.shard_index, FLAGS.num_shards)
+    shard = {'index': FLAGS.shard_index, 'count': FLAGS.num_shards, 'start': start,
+             'end': end}
   io_utils.check_writable_dir(out_dir, '--save_pwd' if FLAGS.save_pwd else '--results_dir')
   params = _attack_params()
   if spec.info.swept:
@@ -115,7 +129,6 @@ def run_attack():
   if spec.info.swept:
     adv_rounds = attack.run(images, eps_list, progress)
   else:
-    targets = attack_runner.random_targets(labels, FLAGS.seed, model.hps.num_classes)
     adv_rounds, extra = attack.run(images, labels, targets, progress)
   arrays, per_round = attack_runner.collect(model, images, labels, adv_rounds, eps_list)
   summary = {'attack': FLAGS.attack_method, 'dataset': FLAGS.dataset,
@@ -123,13 +136,43 @@ def run_attack():
              'checkpoint_step': model.step, 'num_examples': len(images),
              'num_rounds': len(eps_list), 'eps': eps_list, 'rounds': per_round,
              'num_residual_units': FLAGS.num_residual_units, 'attack_stats': extra,
-             'provenance': _provenance(model, files, ATTACK_FLAGS)}
+             'provenance': _provenance(model, files, ATTACK_FLAGS + SHARD_FLAGS)}
+  if shard:
+    summary['shard'] = shard
   result_files.save_attack_results(out_dir, arrays, summary)
   if extra:
     logging.info('%s: %s', FLAGS.attack_method, extra)
   print('wrote %s results (%d images, %d rounds) to %s'
         % (FLAGS.attack_method, len(images), len(eps_list), out_dir))
   model.close()
+  return out_dir
+
+
+def _attack_dir():
+  return result_files.attack_dir(FLAGS.attack_method, FLAGS.dataset, FLAGS.RCE_train,
+                                 FLAGS.save_pwd, FLAGS.results_dir)
+
+
+def run_merge_shards():
+  """--mode=merge_shards: the --num_shards shard folders -> the ordinary result folder."""
+  common_flags.require_flags('test_adv.py --mode=merge_shards', 'eval_data_path', 'log_root')
+  if FLAGS.num_shards < 2:
+    raise ValueError('--mode=merge_shards needs --num_shards (the number of shards, >= 2)')
+  files = dataset_input.validate_files(FLAGS.dataset, FLAGS.eval_data_path)
+  info = checkpoints.require_finite(checkpoints.inspect(
+      checkpoints.require_checkpoint(FLAGS.log_root)))
+  data = provenance.data_record(files)
+  flags = {name: FLAGS[name].value for name in ATTACK_FLAGS + ('num_shards',)}
+  out_dir = _attack_dir()
+  found = shards.load_shards(out_dir, FLAGS.num_shards, info.fingerprint,
+                             provenance.data_identity(data), flags)
+  hps = common_flags.hparams_from_flags()
+  record = provenance.record(
+      provenance.model_record(info, result_files.model_name(FLAGS.RCE_train), hps), data,
+      {name: FLAGS[name].value for name in ATTACK_FLAGS})
+  summary = shards.merge(out_dir, found, record)
+  print('merged %d shards of %s (%d images) into %s'
+        % (FLAGS.num_shards, FLAGS.attack_method, summary['num_examples'], out_dir))
   return out_dir
 
 
@@ -174,7 +217,7 @@ def run_detect():
 def main():
   common_flags.check_mode(MODES, 'test_adv.py')
   {'attack': run_attack, 'kernel_para': run_kernel_para,
-   'detect': run_detect}[FLAGS.mode or 'attack']()
+   'detect': run_detect, 'merge_shards': run_merge_shards}[FLAGS.mode or 'attack']()
 
 
 if __name__ == '__main__':

@@ -64,6 +64,11 @@ CASES = {
     'test_adv_kernel_subset': (TEST_ADV + ['--kernel_per_class=5', '--kernel_subset=10'],
                                ['kernel_subset', 'kernel_per_class']),
     't_sne_max_points_0': (T_SNE + ['--tsne_max_points=0'], ['--tsne_max_points=0']),
+    'test_adv_shard_index': (TEST_ADV + ['--num_shards=2', '--shard_index=2'],
+                             ['shard_index', 'num_shards']),
+    'test_adv_merge_one_shard': (TEST_ADV[:-2] + ['--mode=merge_shards',
+                                                  '--results_dir={cwd}/results'],
+                                 ['merge_shards', '--num_shards']),
     'reproduce_steps_negative': (REPRODUCE + ['--steps=-5'], ['--steps', '>= 0']),
     # paths: empty where one is needed, a folder given as a data file
     'train_no_data_path': (['train.py', '--log_root={cwd}/model'], ['train_data_path']),
