@@ -1,18 +1,21 @@
 """One command reproduces the paper: train CE and RCE, attack, detect, report in RESULTS.md.
 
-  python reproduce.py            # digits preset: bundled data, 2-core CPU, ~15 minutes
+  python reproduce.py            # digits preset: bundled data, 2-core CPU, ~11 minutes
   python reproduce.py --tiny     # a few steps and images: the CI smoke run
   python reproduce.py --full --dataset=mnist --data_dir=mnist_dataset   # the paper's settings
+  python reproduce.py --tiny --jobs=2   # up to two stages at once
 
 Every stage is one of the README's commands (train.py, test_nor.py, test_adv.py, t_sne.py)
 run as a subprocess; the exact command lines, their wall times, the TensorFlow version and
 the devices go into the report. A stage is skipped when it ran before with the same command
 line and inputs (data checksums, the model's step and fingerprint, upstream run ids) and its
 output is still the one it wrote, so an interrupted run continues where it stopped and a
-changed flag or --steps reruns exactly the stages it affects. Stopping the driver (Ctrl-C,
-SIGTERM, even SIGKILL on Linux) stops its running stage too.
+changed flag or --steps reruns exactly the stages it affects. The stages form a graph;
+--jobs=N runs up to N at once, each when the stages it reads are done. Stopping the driver
+(Ctrl-C, SIGTERM, even SIGKILL on Linux) stops its running stages too.
 """
 import argparse
+import collections
 import glob
 import json
 import os
@@ -70,6 +73,10 @@ class StageError(RuntimeError):
   pass
 
 
+# A stage of the graph: `make()` gives (cmd, inputs, output, prepare) once `deps` are done.
+Stage = collections.namedtuple('Stage', ['name', 'deps', 'make'])
+
+
 def _die_with_parent():
   """In the child, before exec: get SIGTERM when the driver dies, even by SIGKILL (Linux)."""
   try:
@@ -121,8 +128,11 @@ class Driver(object):
     if os.path.exists(self.state_path):
       with open(self.state_path) as f:
         self.state = json.load(f)
-    self.order = []
+    self.stages = []  # the stage graph, in declaration (report) order
+    self.jobs, self.gpus = args.jobs, args.gpus
+    self.earlier_wall = {n: r['wall_s'] for n, r in self.state.items() if 'wall_s' in r}
     self.data_ids = {}
+    self.data_dir = None
 
   # -- stage plumbing
   @staticmethod
@@ -134,57 +144,137 @@ class Driver(object):
     except (result_files.ResultsError, ValueError, KeyError, OSError):
       return None
 
-  def run(self, name, cmd, inputs, output, prepare=None, cwd=None):
-    """Runs `cmd` unless it ran before with the same key and its output is unchanged.
+  def add(self, name, deps, make):
+    """Declares a stage: it starts once every stage of `deps` is done.
 
-    Args:
-      name: stage name (stages.json, logs/{name}.log).
-      cmd: the command (sys.executable, script, flags...).
-      inputs: JSON-able identities of what the stage reads (with the command: its key).
-      output: callable -> the identity of the stage's output, None if missing or incomplete.
-      prepare: callable run just before the command (only when it runs).
-      cwd: working directory (default the results folder).
+    `make()` is called then, and returns (cmd, inputs, output, prepare): the command
+    (sys.executable, script, flags...), the JSON-able identities of what it reads (with the
+    command: its key), a callable giving the identity of its output (None if missing or
+    incomplete) and a callable run just before the command (or None).
     """
-    self.order.append(name)
+    self.stages.append(Stage(name, tuple(deps), make))
+    return name
+
+  def _start(self, name, spec, slot):
+    """Starts a stage's command, or returns None when it can be skipped."""
+    cmd, inputs, output, prepare = spec
     display = ' '.join(shlex.quote(c) for c in ['python'] + cmd[1:])
     key = _as_json({'command': display, 'inputs': inputs})
     record = self.state.get(name)
     if record and record.get('key') == key and self._identity(output) == record['output']:
       print('[skip] %s (complete, inputs unchanged)' % name, flush=True)
       record['skipped'] = True
-      return record
+      return None
     if record:
       why = 'its inputs changed' if record.get('key') != key else 'its output is gone or changed'
       print('[redo] %s: %s since it last ran' % (name, why), flush=True)
     if prepare:
       prepare()
     print('[run ] %s: %s' % (name, display), flush=True)
-    log = os.path.join(self.out, 'logs', name + '.log')
     self.state.pop(name, None)
     io_utils.atomic_write_json(self.state_path, self.state)
-    start = time.time()
-    with open(log, 'w') as f:
-      proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd or self.results,
-                              preexec_fn=_die_with_parent)
-      try:
-        rc = proc.wait()
-      except BaseException:  # the driver is stopped (SIGTERM, Ctrl-C): so is the stage
-        _stop(proc)
-        raise
-    wall = time.time() - start
-    identity = self._identity(output) if rc == 0 else None
+    log_path = os.path.join(self.out, 'logs', name + '.log')
+    log = open(log_path, 'w')
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.results,
+                            env=self._stage_env(name, slot), preexec_fn=_die_with_parent)
+    return dict(proc=proc, log=log, log_path=log_path, start=time.time(), display=display,
+                key=key, output=output, slot=slot)
+
+  def _stage_env(self, name, slot):
+    """The environment of a stage: with several jobs, its share of the machine.
+
+    On GPUs each stage but training sees one GPU (CUDA_VISIBLE_DEVICES; training keeps
+    them all for its towers); on the CPU each gets cores / jobs TensorFlow threads.
+    """
+    env = dict(os.environ)
+    if self.jobs > 1:
+      if self.gpus and not name.startswith('train_'):
+        env['CUDA_VISIBLE_DEVICES'] = str(slot % self.gpus)
+      elif not self.gpus:
+        env['TF_NUM_INTRAOP_THREADS'] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        env['TF_NUM_INTEROP_THREADS'] = '1'
+    return env
+
+  def _finish(self, name, run):
+    """Records a finished stage; StageError if it failed or its output is incomplete."""
+    run['log'].close()
+    rc, wall = run['proc'].returncode, time.time() - run['start']
+    identity = self._identity(run['output']) if rc == 0 else None
+    with open(run['log_path']) as f:
+      text = f.read()
     if identity is None:
-      with open(log) as f:
-        tail = ''.join(f.readlines()[-15:])
       raise StageError('stage %s failed (exit %d%s); log %s:\n%s' % (
-          name, rc, ', output incomplete' if rc == 0 else '', log, tail))
-    with open(log) as f:
-      output_tail = f.read()[-2000:]
-    self.state[name] = {'command': display, 'key': key, 'output': identity,
-                        'wall_s': round(wall, 1), 'output_tail': output_tail}
+          name, rc, ', output incomplete' if rc == 0 else '', run['log_path'],
+          ''.join(text.splitlines(True)[-15:])))
+    self.state[name] = {'command': run['display'], 'key': run['key'], 'output': identity,
+                        'wall_s': round(wall, 1), 'output_tail': text[-2000:]}
     io_utils.atomic_write_json(self.state_path, self.state)
     print('[done] %s in %.1f s' % (name, wall), flush=True)
-    return self.state[name]
+
+  def _progress(self, done, running, pending):
+    """One line: stages done, running and left, and an ETA from earlier runs' stage times."""
+    left = [s.name for s in pending] + list(running)
+    known = [self.earlier_wall[n] for n in left if n in self.earlier_wall]
+    if not left:
+      eta = ''
+    elif len(known) == len(left):
+      eta = '; ETA about %.0f s (from earlier runs\' stage times)' % (sum(known) / self.jobs)
+    else:
+      eta = '; ETA unknown'
+    print('[....] %d of %d stages done, running: %s%s' % (
+        len(done), len(self.stages), ', '.join(running) or '-', eta), flush=True)
+
+  def execute(self):
+    """Runs the declared stages, up to --jobs at once, each when its dependencies are done.
+
+    Stopping the driver (or a failed stage) stops every running stage.
+    """
+    pending, running, done = list(self.stages), {}, set()
+    slots = list(range(self.jobs))
+    report = False
+    try:
+      while pending or running:
+        started = True
+        while started:  # start (or skip) every stage that is ready, up to --jobs running
+          started = False
+          for stage in list(pending):
+            if len(running) >= self.jobs:
+              break
+            if not all(d in done for d in stage.deps):
+              continue
+            pending.remove(stage)
+            run = self._start(stage.name, stage.make(), slots[0])
+            started = True
+            if run is None:
+              done.add(stage.name)
+            else:
+              running[stage.name] = run
+              slots.pop(0)
+        if report:  # after a stage finished and its successors started
+          self._progress(done, running, pending)
+          report = False
+        if not running:
+          if pending:
+            raise StageError('stages %s wait on stages that are not declared'
+                             % ', '.join(s.name for s in pending))
+          break
+        finished = [n for n, r in running.items() if r['proc'].poll() is not None]
+        if not finished:
+          time.sleep(0.1)
+          continue
+        for name in finished:
+          run = running.pop(name)
+          slots.append(run['slot'])
+          self._finish(name, run)
+          done.add(name)
+        report = True
+      if report:
+        self._progress(done, running, pending)
+    except BaseException:  # a failed stage, Ctrl-C or SIGTERM: stop every running stage
+      for run in running.values():
+        _stop(run['proc'])
+        run['log'].close()
+      raise
 
   def outputs(self, *names):
     """{stage: output identity} of finished upstream stages: a downstream stage's inputs."""
@@ -195,25 +285,29 @@ class Driver(object):
 
   # -- the pipeline
   def data(self):
-    """The data files (converting the bundled digits if needed) and their checksums."""
-    import provenance  # pylint: disable=g-import-not-at-top
+    """Declares the digits conversion when it is needed; returns the data patterns."""
     args = self.args
+    spec = dataset_table.get_spec(args.dataset)
     if args.preset != 'full' and args.dataset == 'mnist' and not args.data_dir:
       data_dir = os.path.join(self.out, 'digits_dataset')
-      paths = [os.path.join(data_dir, n) for n in ('data_train.bin', 'data_test.bin')]
-      self.run('data', self.script('dataset_input.py', '--convert=digits',
-                                   '--out_dir=%s' % data_dir), {},
-               lambda: [io_utils.sha256_file(p) for p in paths])
+      paths = [os.path.join(data_dir, n) for n in (spec.train_files, spec.test_file)]
+      self.add('data', (), lambda: (
+          self.script('dataset_input.py', '--convert=digits', '--out_dir=%s' % data_dir), {},
+          lambda: [io_utils.sha256_file(p) for p in paths], None))
     else:
       data_dir = os.path.abspath(args.data_dir or '%s_dataset' % args.dataset)
-    spec = dataset_table.get_spec(args.dataset)
-    paths = (os.path.join(data_dir, spec.train_files), os.path.join(data_dir, spec.test_file))
-    for part, pattern in zip(('train', 'test'), paths):
+    self.data_dir = data_dir
+    return os.path.join(data_dir, spec.train_files), os.path.join(data_dir, spec.test_file)
+
+  def data_id(self, part, pattern):
+    """The checksums of the data files of `pattern` ('train' or 'test'), computed once."""
+    import provenance  # pylint: disable=g-import-not-at-top
+    if part not in self.data_ids:
       files = _data_files(pattern)
       if not files:
-        raise StageError('no data file matches %s (--data_dir=%s)' % (pattern, data_dir))
+        raise StageError('no data file matches %s (--data_dir=%s)' % (pattern, self.data_dir))
       self.data_ids[part] = provenance.data_identity(provenance.data_record(files))
-    return paths
+    return self.data_ids[part]
 
   def model_flags(self, rce):
     return ['--dataset=%s' % self.args.dataset, '--num_gpus=%d' % self.args.num_gpus,
@@ -223,7 +317,10 @@ class Driver(object):
   def log_root(self, rce):
     return os.path.join(self.out, 'models_%s' % self.args.dataset, 'RCE' if rce else 'CE')
 
-  def train(self, rce, train_path):
+  def _data_deps(self):
+    return ('data',) if any(s.name == 'data' for s in self.stages) else ()
+
+  def train(self, rce, train_path, test_path):
     import checkpoints  # pylint: disable=g-import-not-at-top
     steps = self.args.steps or self.preset['steps'][self.args.dataset]
     name = 'train_%s' % ('RCE' if rce else 'CE')
@@ -236,8 +333,6 @@ class Driver(object):
       boundaries = [max(1, int(round(f * steps))) for f in self.preset['lr_decay']]
       flags += ['--lr_boundaries=%s' % ','.join(str(b) for b in boundaries),
                 '--lr_values=0.1,0.01,0.001']
-    # What the checkpoints in log_root depend on, besides how far they went.
-    lineage = _as_json({'flags': flags, 'data': self.data_ids})
     lineage_path = os.path.join(log_root, 'lineage.json')
 
     def output():
@@ -247,25 +342,32 @@ class Driver(object):
         return None
       return {'step': info.step, 'fingerprint': info.fingerprint}
 
-    def prepare():
-      """Training resumes from the checkpoints in log_root only if they are on its way: made
-      with these flags and data (log_root/lineage.json) and not past the steps asked for."""
-      ckpt = checkpoints.latest_checkpoint(log_root)
-      if ckpt is not None:
-        step = checkpoints.checkpoint_step(ckpt)
-        recorded = None
-        if os.path.exists(lineage_path):
-          with open(lineage_path) as f:
-            recorded = json.load(f)
-        if step > steps or recorded != lineage:
-          print('[note] %s: removing %s (step %d, %s): it cannot be resumed to step %d'
-                % (name, log_root, step, 'past the steps asked for' if recorded == lineage
-                   else 'made with other flags or data', steps), flush=True)
-          shutil.rmtree(log_root)
-      io_utils.atomic_write_json(lineage_path, lineage)
+    def make():
+      data = {'train': self.data_id('train', train_path), 'test': self.data_id('test', test_path)}
+      # What the checkpoints in log_root depend on, besides how far they went.
+      lineage = _as_json({'flags': flags, 'data': data})
 
-    self.run(name, self.script('train.py', '--total_steps=%d' % steps, *flags),
-             {'data': self.data_ids}, output, prepare)
+      def prepare():
+        """Training resumes from the checkpoints in log_root only if they are on its way:
+        made with these flags and data (lineage.json) and not past the steps asked for."""
+        ckpt = checkpoints.latest_checkpoint(log_root)
+        if ckpt is not None:
+          step = checkpoints.checkpoint_step(ckpt)
+          recorded = None
+          if os.path.exists(lineage_path):
+            with open(lineage_path) as f:
+              recorded = json.load(f)
+          if step > steps or recorded != lineage:
+            print('[note] %s: removing %s (step %d, %s): it cannot be resumed to step %d'
+                  % (name, log_root, step, 'past the steps asked for' if recorded == lineage
+                     else 'made with other flags or data', steps), flush=True)
+            shutil.rmtree(log_root)
+        io_utils.atomic_write_json(lineage_path, lineage)
+
+      return (self.script('train.py', '--total_steps=%d' % steps, *flags), {'data': data},
+              output, prepare)
+
+    return self.add(name, self._data_deps(), make)
 
   def eval_dir(self, rce):
     return os.path.join(self.log_root(rce), 'eval')
@@ -274,14 +376,15 @@ class Driver(object):
     import result_files  # pylint: disable=g-import-not-at-top
     model = 'RCE' if rce else 'CE'
     eval_dir = self.eval_dir(rce)
-    self.run('test_nor_%s' % model, self.script(
+    train = 'train_%s' % model
+    return self.add('test_nor_%s' % model, (train,), lambda: (self.script(
         'test_nor.py', '--eval_data_path=%s' % test_path, '--eval_dir=%s' % eval_dir,
         '--mode=eval', '--eval_once',
         '--eval_batch_count=%d' % (100 if self.args.preset == 'full' else 50),
         *self.model_flags(rce)),
-             dict(self.outputs('train_%s' % model), data=self.data_ids['test']),
-             lambda: result_files.run_id(result_files.load_verified_summary(
-                 eval_dir, result_files.CLEAN_RESULT)))
+                    dict(self.outputs(train), data=self.data_id('test', test_path)),
+                    lambda: result_files.run_id(result_files.load_verified_summary(
+                        eval_dir, result_files.CLEAN_RESULT)), None))
 
   def clean_result(self, rce):
     """test_nor's precision.json of one model (verified)."""
@@ -314,65 +417,65 @@ class Driver(object):
                                         results_dir=self.results)
     flags = [] if attack != 'jsma' else ['--eps=%g' % (0.02 * self.preset['eps_round'])]
     upstream = ['train_%s' % model]
-    if attack == 'carliniL2_specific':
+    if attack_names.info(attack).white_box:
       upstream.append('kernel_para_%s' % model)
-    self.run('attack_%s_%s' % (attack, model), self.script(
+    return self.add('attack_%s_%s' % (attack, model), upstream, lambda: (self.script(
         'test_adv.py', '--eval_data_path=%s' % test_path, '--Optimizer=mom', '--mode=attack',
         '--attack_method=%s' % attack,
         *(self.model_flags(rce) + self.attack_flags(attack) + flags)),
-             dict(self.outputs(*upstream), data=self.data_ids['test']),
-             lambda: result_files.run_id(result_files.load_verified_summary(directory)))
+                    dict(self.outputs(*upstream), data=self.data_id('test', test_path)),
+                    lambda: result_files.run_id(result_files.load_verified_summary(directory)),
+                    None))
 
   def kernel_para(self, rce, train_path):
     import result_files  # pylint: disable=g-import-not-at-top
     model = 'RCE' if rce else 'CE'
     directory = result_files.kernel_dir(self.args.dataset, self.results)
-    self.run('kernel_para_%s' % model, self.script(
+    train = 'train_%s' % model
+    return self.add('kernel_para_%s' % model, (train,), lambda: (self.script(
         'test_adv.py', '--train_data_path=%s' % train_path, '--mode=kernel_para',
         '--results_dir=%s' % self.results,
         '--eval_batch_count=%d' % self.preset['kernel_batches'], *self.model_flags(rce)),
-             dict(self.outputs('train_%s' % model), data=self.data_ids['train']),
-             lambda: result_files.run_id(result_files.load_verified_summary(
-                 directory, result_files.kernel_summary_name(rce))))
+                    dict(self.outputs(train), data=self.data_id('train', train_path)),
+                    lambda: result_files.run_id(result_files.load_verified_summary(
+                        directory, result_files.kernel_summary_name(rce))), None))
 
-  def detect(self, attack_stages):
+  def detect(self, upstream):
     import result_files  # pylint: disable=g-import-not-at-top
     directory = os.path.join(self.results, 'detect_%s' % self.args.dataset)
-    return self.run('detect', self.script(
+    return self.add('detect', upstream, lambda: (self.script(
         'test_adv.py', '--mode=detect', '--dataset=%s' % self.args.dataset,
         '--results_dir=%s' % self.results, '--eps_round=%d' % self.preset['eps_round']),
-                    self.outputs(*(attack_stages + ['kernel_para_CE', 'kernel_para_RCE'])),
-                    lambda: result_files.run_id(result_files.load_verified_summary(directory)))
+                    self.outputs(*upstream),
+                    lambda: result_files.run_id(result_files.load_verified_summary(directory)),
+                    None))
 
   def tsne(self, attack):
     out = os.path.join(self.results, 'detect_%s' % self.args.dataset, 'tsne_%s.png' % attack)
-    self.run('tsne_%s' % attack, self.script(
+    upstream = ('attack_%s_CE' % attack, 'attack_%s_RCE' % attack)
+    self.add('tsne_%s' % attack, upstream, lambda: (self.script(
         't_sne.py', '--dataset=%s' % self.args.dataset, '--attack_method=%s' % attack,
         '--results_dir=%s' % self.results, '--eps_round=%d' % self.preset['eps_round'],
-        '--tsne_out=%s' % out),
-             self.outputs('attack_%s_CE' % attack, 'attack_%s_RCE' % attack),
-             lambda: io_utils.sha256_file(out))
+        '--tsne_out=%s' % out), self.outputs(*upstream), lambda: io_utils.sha256_file(out),
+                                                   None))
     return out
 
   def pipeline(self):
+    """Declares the stage graph, runs it (up to --jobs stages at once), writes the report."""
     start = time.time()
     train_path, test_path = self.data()
     for rce in (False, True):
-      self.train(rce, train_path)
+      self.train(rce, train_path, test_path)
       self.test_nor(rce, test_path)
-    attack_stages = []
-    for attack in attack_names.paper_attacks():
-      for rce in (False, True):
-        self.attack(attack, rce, test_path)
-        attack_stages.append(self.order[-1])
-    for rce in (False, True):
-      self.kernel_para(rce, train_path)
-    for attack in attack_names.paper_attacks(white_box=True):
-      for rce in (False, True):
-        self.attack(attack, rce, test_path)
-        attack_stages.append(self.order[-1])
-    self.detect(attack_stages)
+    attack_stages = [self.attack(attack, rce, test_path)
+                     for attack in attack_names.paper_attacks() for rce in (False, True)]
+    kernels = [self.kernel_para(rce, train_path) for rce in (False, True)]
+    attack_stages += [self.attack(attack, rce, test_path)
+                      for attack in attack_names.paper_attacks(white_box=True)
+                      for rce in (False, True)]
+    self.detect(attack_stages + kernels)
     tsne = [self.tsne(a) for a in self.preset['tsne']]
+    self.execute()
     self.write_report(tsne, time.time() - start)
 
   # -- the report
@@ -422,7 +525,7 @@ class Driver(object):
     images = sorted(n for n in os.listdir(detect_dir) if n.endswith('.png'))
     timing = ['| Stage | wall time (s) | |', '|---|---|---|']
     commands = []
-    for name in self.order:
+    for name in (s.name for s in self.stages):
       record = self.state[name]
       timing.append('| %s | %.1f | %s |' % (name, record['wall_s'],
                                              'from an earlier run' if record.get('skipped')
@@ -479,13 +582,25 @@ def parse_args(argv):
                       help='Towers; default: every GPU present (0: the CPU).')
   parser.add_argument('--steps', type=_count, default=0,
                       help='Override the training steps (0: the preset\'s).')
+  parser.add_argument('--jobs', type=_count, default=None,
+                      help='Stages run at once, each when its inputs are done (default: the '
+                      'number of GPUs with --full, else 1). With GPUs each stage but training '
+                      'gets one; on the CPU each gets its share of the cores.')
   args = parser.parse_args(argv)
   if args.dataset != 'mnist' and args.preset != 'full' and not args.data_dir:
     parser.error('--dataset=%s needs --data_dir with its binary files (only mnist has a '
                  'bundled stand-in, the digits)' % args.dataset)
+  if args.jobs == 0:
+    parser.error('argument --jobs: must be >= 1')
+  gpus = None
+  if args.num_gpus is None or args.jobs != 1:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    gpus = len(tf.config.list_physical_devices('GPU'))
   if args.num_gpus is None:
-    import tensorflow as tf
-    args.num_gpus = len(tf.config.list_physical_devices('GPU'))
+    args.num_gpus = gpus
+  if args.jobs is None:
+    args.jobs = max(1, gpus) if args.preset == 'full' else 1
+  args.gpus = gpus or 0
   return args
 
 

@@ -253,3 +253,60 @@ def test_new_steps_rerun_exactly_what_they_affect_then_nothing(first_run):
     again = f.read()
   for prefix in ('## Table 1', '## Table 2', '## Table 3'):
     assert section(again, prefix) == section(text, prefix), prefix
+
+
+def test_jobs_2_same_tables_and_a_stopped_parallel_run_resumes(first_run):
+  """--jobs=2 on the same trained models gives the tables of --jobs=1; stopping it during
+  parallel stages stops them all, and a rerun does not redo the stages that finished."""
+  _require(first_run)
+  out = first_run['out']
+  args = ['reproduce.py', '--tiny', '--steps=70', '--out_dir=%s' % out, '--jobs=2']
+  with open(os.path.join(out, 'RESULTS.md')) as f:
+    jobs1 = f.read()  # the --jobs=1 run of the test before
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(os.path.join(out, 'results'))
+  parallel = run_script(args, timeout=900)
+  assert parallel.returncode == 0, describe(parallel)
+  for stage in ('train_CE', 'train_RCE', 'test_nor_CE', 'test_nor_RCE'):
+    assert '[skip] %s' % stage in parallel.stdout, stage
+  assert re.search(r'running: attack_\w+, attack_\w+', parallel.stdout), parallel.stdout
+  with open(os.path.join(out, 'RESULTS.md')) as f:
+    jobs2 = f.read()
+  for prefix in ('## Table 1', '## Table 2', '## Table 3'):
+    assert section(jobs2, prefix) == section(jobs1, prefix), prefix
+
+  shutil.rmtree(os.path.join(out, 'results'))
+  log_path = os.path.join(out, 'stopped_parallel.log')
+  with open(log_path, 'w') as log:
+    proc = popen_script(args, stdout=log, stderr=subprocess.STDOUT)
+  children = []
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+      with open(log_path) as f:
+        text = f.read()
+      if text.count('[done] attack_') >= 2 and len(_children(proc.pid)) == 2:
+        children = _children(proc.pid)
+        break
+      time.sleep(0.1)
+    assert len(children) == 2, open(log_path).read()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  deadline = time.time() + 20
+  while any(_alive(c) for c in children) and time.time() < deadline:
+    time.sleep(0.1)
+  assert not any(_alive(c) for c in children), 'a running stage outlived the driver'
+  with open(log_path) as f:
+    finished = re.findall(r'^\[done\] (\S+) in', f.read(), flags=re.M)
+  rerun = run_script(args, timeout=900)
+  assert rerun.returncode == 0, describe(rerun)
+  for stage in finished:
+    assert '[skip] %s' % stage in rerun.stdout, (stage, rerun.stdout)
+  with open(os.path.join(out, 'RESULTS.md')) as f:
+    again = f.read()
+  for prefix in ('## Table 1', '## Table 2', '## Table 3'):
+    assert section(again, prefix) == section(jobs1, prefix), prefix
