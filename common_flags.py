@@ -19,6 +19,7 @@ import tensorflow as tf
 import attack_names
 import checkpoints
 import dataset_input
+import io_utils
 import resnet_model
 
 flags = tf.compat.v1.app.flags
@@ -208,12 +209,6 @@ def require_flags(script, *names):
       raise ValueError('%s needs --%s (%s)' % (script, name, FLAGS[name].help))
 
 
-def os_error_text(e):
-  """One line for an OSError: what failed, on which path."""
-  paths = ' -> '.join(repr(p) for p in (e.filename, e.filename2) if p is not None)
-  return '%s: %s' % (e.strerror or e, paths) if paths else str(e)
-
-
 def _parse_strictly(argv):
   """absl's parse, with every flag known: unknown flags, bad values and stray words are errors."""
   try:
@@ -239,7 +234,7 @@ def run_strict(body):
     except (ValueError, checkpoints.CheckpointError) as e:
       sys.exit('error: %s' % e)
     except OSError as e:
-      sys.exit('error: %s' % os_error_text(e))
+      sys.exit('error: %s' % io_utils.os_error_text(e))
 
   app.run(main, flags_parser=_parse_strictly)
 

@@ -44,6 +44,12 @@ def remove_stray_temp_files(directory, name):
     os.remove(path)
 
 
+def os_error_text(e):
+  """One line for an OSError: what failed, on which path."""
+  paths = ' -> '.join(repr(p) for p in (e.filename, e.filename2) if p is not None)
+  return '%s: %s' % (e.strerror or e, paths) if paths else str(e)
+
+
 def check_writable_dir(path, what):
   """Creates `path` if needed and proves a file can be written there, before the work starts.
 

@@ -619,7 +619,7 @@ def main(argv=None):
   except StageError as e:
     sys.exit('error: %s' % e)
   except OSError as e:
-    sys.exit('error: %s: %s' % (e.strerror or e, e.filename))
+    sys.exit('error: %s' % io_utils.os_error_text(e))
 
 
 if __name__ == '__main__':
