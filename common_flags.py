@@ -21,6 +21,7 @@ import checkpoints
 import dataset_input
 import io_utils
 import resnet_model
+import training
 
 flags = tf.compat.v1.app.flags
 FLAGS = flags.FLAGS
@@ -95,6 +96,10 @@ def define_train_flags():
   flags.DEFINE_list('lr_values', None, 'Learning rates, one more than --lr_boundaries '
                     '(default: the data set\'s).')
   flags.register_multi_flags_validator(['lr_boundaries', 'lr_values'], _check_schedule)
+  flags.DEFINE_enum('precision', 'fp32', list(training.PRECISIONS),
+                    'Training arithmetic: fp32, or mixed precision with float32 variables, '
+                    'loss and BN statistics (mixed_float16 with dynamic loss scaling, '
+                    'mixed_bfloat16). Evaluation, attacks and detection are float32.')
 
 
 def _check_schedule(f):

@@ -80,12 +80,17 @@ def weight_decay(hps, variables=None):
 class _Builder(object):
   """Builds one copy of the network; collects the BN moving-average updates of train mode."""
 
-  def __init__(self, hps, mode):
+  def __init__(self, hps, mode, compute_dtype=tf.float32):
     if mode not in ('train', 'eval'):
       raise ValueError('mode must be train or eval, got %r' % mode)
     self.hps = hps
     self.training = mode == 'train'
+    self.dtype = tf.as_dtype(compute_dtype)
     self.update_ops = []
+
+  def cast(self, value):
+    """`value` (a float32 variable or tensor) in the compute dtype; a no-op in float32."""
+    return value if value.dtype.base_dtype == self.dtype else tf.cast(value, self.dtype)
 
   def conv_kernel(self, name, in_filters, size, out_filters):
     with tf1.variable_scope(name):
@@ -96,7 +101,7 @@ class _Builder(object):
 
   def conv(self, name, x, size, out_filters, stride):
     kernel = self.conv_kernel(name, x.shape[-1], size, out_filters)
-    return tf.nn.conv2d(x, kernel, [1, stride, stride, 1], padding='SAME')
+    return tf.nn.conv2d(x, self.cast(kernel), [1, stride, stride, 1], padding='SAME')
 
   def bn_variables(self, channels):
     """(beta, gamma, moving_mean, moving_variance) of the BN layer of the current scope."""
@@ -110,11 +115,16 @@ class _Builder(object):
     return beta, gamma, moving_mean, moving_var
 
   def batch_norm(self, name, x):
-    """Fused BN: batch statistics (moving averages updated) in train, moving ones in eval."""
+    """Fused BN: batch statistics (moving averages updated) in train, moving ones in eval.
+
+    Its parameters and statistics stay float32 in mixed precision (the fused kernel takes a
+    float16 or bfloat16 `x` with float32 scale and offset and returns float32 statistics).
+    """
     with tf1.variable_scope(name):
       beta, gamma, moving_mean, moving_var = self.bn_variables(x.shape[-1])
       if not self.training:
-        return tf.nn.batch_normalization(x, moving_mean, moving_var, beta, gamma, BN_EPSILON)
+        return tf.nn.batch_normalization(x, *[self.cast(v) for v in (
+            moving_mean, moving_var, beta, gamma)], variance_epsilon=BN_EPSILON)
       y, mean, var = tf1.nn.fused_batch_norm(x, gamma, beta, epsilon=BN_EPSILON,
                                              is_training=True)
       # The fused kernel returns the Bessel-corrected variance; the original (tf.nn.moments)
@@ -135,12 +145,13 @@ class _Builder(object):
     """
     strides = [1, stride, stride, 1]
     if self.training:
-      return self.batch_norm(bn_name, tf.nn.conv2d(x, kernel, strides, padding='SAME'))
+      return self.batch_norm(bn_name, tf.nn.conv2d(x, self.cast(kernel), strides,
+                                                   padding='SAME'))
     with tf1.variable_scope(bn_name):
       beta, gamma, moving_mean, moving_var = self.bn_variables(kernel.shape[-1])
       scale = gamma * tf.math.rsqrt(moving_var + BN_EPSILON)
-      return tf.nn.bias_add(tf.nn.conv2d(x, kernel * scale, strides, padding='SAME'),
-                            beta - moving_mean * scale)
+      return tf.nn.bias_add(tf.nn.conv2d(x, self.cast(kernel * scale), strides, padding='SAME'),
+                            self.cast(beta - moving_mean * scale))
 
   def relu(self, x):
     return tf.nn.leaky_relu(x, alpha=self.hps.relu_leakiness)
@@ -194,7 +205,7 @@ class _Builder(object):
     w = tf1.get_variable('DW', [x.shape[-1], out_dim], tf.float32,
                          initializer=tf1.variance_scaling_initializer(1.0, 'fan_in', 'uniform'))
     b = tf1.get_variable('biases', [out_dim], tf.float32, tf1.zeros_initializer())
-    return tf.compat.v1.nn.xw_plus_b(x, w, b)
+    return tf.compat.v1.nn.xw_plus_b(x, self.cast(w), self.cast(b))
 
   def network(self, images):
     hps = self.hps
@@ -203,7 +214,7 @@ class _Builder(object):
     else:
       unit, filters = self.residual, (16, 32, FEATURE_DIM)
     with tf1.variable_scope('init'):
-      x = self.conv('init_conv', images, 3, 16, 1)
+      x = self.conv('init_conv', self.cast(images), 3, 16, 1)
     for stage, (out_filters, stride) in enumerate(zip(filters, STAGE_STRIDES), start=1):
       for i in range(hps.num_residual_units):
         with tf1.variable_scope('unit_%d_%d' % (stage, i)):
@@ -214,19 +225,23 @@ class _Builder(object):
       feature = tf.reduce_mean(x, [1, 2], name='feature')
     with tf1.variable_scope('logit'):
       logits = self.fully_connected(feature, hps.num_classes)
-    return logits, feature
+    # The loss, the predictions and the detector's feature are float32 in every precision.
+    return tf.cast(logits, tf.float32), tf.cast(feature, tf.float32)
 
 
 Network = collections.namedtuple('Network', ['logits', 'raw_logits', 'feature', 'update_ops'])
 
 
-def build_network(hps, images, mode):
+def build_network(hps, images, mode, compute_dtype=tf.float32):
   """Builds (or reuses) the ResNet on `images`.
 
   Args:
     hps: HParams (`RCE_train` decides the prediction logits, `num_classes` their width).
     images: [B, H, W, C] float32 in [-0.5, 0.5]; C is taken from the input.
     mode: 'train' (batch statistics, BN updates returned) or 'eval' (moving statistics).
+    compute_dtype: float32 (default), or float16 / bfloat16 for mixed-precision training:
+      the variables stay float32 (same names, same checkpoints) and are cast on use; the
+      logits and the feature come back float32.
 
   Returns:
     Network:
@@ -236,7 +251,7 @@ def build_network(hps, images, mode):
       feature: [B, 64] output of the global average pool (the detector's feature).
       update_ops: BN moving-average updates (empty in eval mode).
   """
-  builder = _Builder(hps, mode)
+  builder = _Builder(hps, mode, compute_dtype)
   with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
     raw_logits, feature = builder.network(images)
   return Network(flip_logits(raw_logits, hps.RCE_train), raw_logits, feature,

@@ -78,7 +78,7 @@ def train():
                                     train=True, seed=FLAGS.seed, files=files)
     images, labels = tf1.data.make_one_shot_iterator(ds).get_next()
   graph = training.build_train_graph(hps, spec, images, labels, devices,
-                                     common_flags.lr_schedule_from_flags())
+                                     common_flags.lr_schedule_from_flags(), FLAGS.precision)
   hooks = [tf1.train.StopAtStepHook(last_step=FLAGS.total_steps),
            tf1.train.NanTensorHook(graph.loss),
            training.LoggingHook(graph, FLAGS.log_steps, FLAGS.batch_size)]
@@ -91,8 +91,8 @@ def train():
   # Built last, so that its finiteness check covers every variable.
   scaffold = tf1.train.Scaffold(saver=training.FiniteSaver(sharded=True, max_to_keep=5))
 
-  logging.info('training on %s, global batch %d, to step %d', ', '.join(devices),
-               FLAGS.batch_size, FLAGS.total_steps)
+  logging.info('training on %s, global batch %d, %s, to step %d', ', '.join(devices),
+               FLAGS.batch_size, FLAGS.precision, FLAGS.total_steps)
   with tf1.train.MonitoredTrainingSession(
       checkpoint_dir=FLAGS.log_root, summary_dir=summary_dir, hooks=hooks, config=config,
       scaffold=scaffold,

@@ -51,6 +51,17 @@ def tower_devices(num_gpus, gpus_present=None):
   return ['/cpu:%d' % i for i in range(num_gpus)], config
 
 
+# --precision: the dtype the network computes in while training, and whether the loss is
+# scaled (float16's narrow exponent range needs dynamic loss scaling; bfloat16's does not).
+# Variables, the loss, the BN statistics, and every attack and detector stay float32.
+Precision = collections.namedtuple('Precision', ['compute_dtype', 'loss_scaling'])
+PRECISIONS = {
+    'fp32': Precision(tf.float32, False),
+    'mixed_float16': Precision(tf.float16, True),
+    'mixed_bfloat16': Precision(tf.bfloat16, False),
+}
+
+
 def learning_rate(spec, global_step, schedule=None):
   """The piecewise-constant schedule as a tensor: `schedule` = (boundaries, values), values[i]
   from step boundaries[i-1] on, or by default the data set's (dataset_input.DATASETS)."""
@@ -82,8 +93,11 @@ def average_gradients(tower_grads):
   return averaged
 
 
-def build_towers(hps, images, labels, devices):
+def build_towers(hps, images, labels, devices, precision_mode='fp32', loss_scale=None):
   """Builds one loss per tower on an even split of the batch.
+
+  `precision_mode` is a key of PRECISIONS; with `loss_scale` (a LossScale) the gradients are those
+  of loss * scale, divided by the scale again.
 
   Returns:
     (tower_losses, tower_grads, prediction logits of all towers concatenated, BN updates of
@@ -97,12 +111,18 @@ def build_towers(hps, images, labels, devices):
   losses, grads, logits, updates = [], [], [], []
   for i, device in enumerate(devices):
     with tf.device(device), tf1.name_scope('tower_%d' % i):
-      net = resnet_model.build_network(hps, image_parts[i], 'train')
+      net = resnet_model.build_network(hps, image_parts[i], 'train',
+                                       PRECISIONS[precision_mode].compute_dtype)
       variables = tf1.trainable_variables()
       loss = (resnet_model.classification_loss(net.raw_logits, label_parts[i], hps.RCE_train)
               + resnet_model.weight_decay(hps, variables))
       losses.append(loss)
-      grads.append(list(zip(tf.gradients(loss, variables), variables)))
+      if loss_scale is None:
+        tower_grads = tf.gradients(loss, variables)
+      else:
+        scale = loss_scale()
+        tower_grads = [g / scale for g in tf.gradients(loss * scale, variables)]
+      grads.append(list(zip(tower_grads, variables)))
       logits.append(net.logits)
       if i == 0:
         updates = net.update_ops
@@ -140,15 +160,27 @@ def build_test_precision(hps, dataset, pattern, batch_size, files=None):
   return iterator, correct, count
 
 
-def build_train_graph(hps, spec, images, labels, devices, schedule=None):
+def build_train_graph(hps, spec, images, labels, devices, schedule=None,
+                      precision_mode='fp32'):
   """The whole training step: towers, averaged gradients, one apply, BN updates.
 
   `schedule` is (boundaries, values) of the learning rate (default: the data set's).
+  `precision_mode` is a key of PRECISIONS. With float16 the loss scale is dynamic
+  (tf.compat.v1.mixed_precision.DynamicLossScale): a step whose gradients are not finite is
+  skipped (global step not advanced) and the scale halved; it doubles after 2000 good steps.
   """
+  if precision_mode not in PRECISIONS:
+    raise ValueError('unknown --precision=%r; expected one of %s'
+                     % (precision_mode, ', '.join(PRECISIONS)))
   global_step = tf1.train.get_or_create_global_step()
   lr = learning_rate(spec, global_step, schedule)
   optimizer = make_optimizer(hps.optimizer, lr)
-  losses, tower_grads, logits, updates = build_towers(hps, images, labels, devices)
+  loss_scale = None
+  if PRECISIONS[precision_mode].loss_scaling:
+    loss_scale = tf1.mixed_precision.DynamicLossScale()
+    optimizer = tf1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer, loss_scale)
+  losses, tower_grads, logits, updates = build_towers(hps, images, labels, devices,
+                                                      precision_mode, loss_scale)
   grads_and_vars = average_gradients(tower_grads)
   with tf.device(devices[0]):
     apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
