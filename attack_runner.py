@@ -28,6 +28,38 @@ def eps_schedule(eps):
   return [float(eps)] if eps > 0 else list(EPS_SWEEP)
 
 
+def cw_batch_sizes(num_images, given, gpus):
+  """The C&W batch sizes to try, in order: [given] when --cw_batch_size was given, [None]
+  (the attack's own) on a CPU; on a GPU all attacked images in one batch first, since C&W's
+  cost there is its iterations, not its images, then halved on each out-of-memory error down
+  to 1. Results do not depend on the batch (abort early is per example)."""
+  if given is not None or not gpus:
+    return [given]
+  sizes, size = [], max(1, int(num_images))
+  while size > 1:
+    sizes.append(size)
+    size = (size + 1) // 2
+  return sizes + [1]
+
+
+def with_batch_fallback(attempt, sizes):
+  """attempt(size) for the first size of `sizes` that fits in device memory.
+
+  A tf.errors.ResourceExhaustedError moves on to the next size with a warning; the last
+  size's error is raised.
+  """
+  for i, size in enumerate(sizes):
+    try:
+      return attempt(size)
+    except tf.errors.ResourceExhaustedError as e:
+      if i + 1 == len(sizes):
+        raise
+      logging.warning('C&W at batch %s ran out of device memory (%s); retrying at batch %d '
+                      '(the results do not depend on the batch)', size,
+                      str(e.message).splitlines()[0][:200], sizes[i + 1])
+  raise ValueError('no batch size to try')
+
+
 def random_targets(labels, seed, num_classes):
   """A seeded random class of `num_classes` different from each true label: int [N]."""
   rng = np.random.RandomState(seed)

@@ -394,14 +394,16 @@ class Driver(object):
   def attack_flags(self, attack):
     """The preset's attack flags; C&W runs keep the original's settings, only capped (never
     raised) by the preset's iterations and binary-search steps, and run at the preset's batch
-    (results do not depend on it)."""
+    on a CPU, on a GPU at test_adv.py's device default, all images at once (results do not
+    depend on the batch)."""
     p = self.preset
     flags = ['--results_dir=%s' % self.results, '--eval_batch_count=%d' % p['attack_batches'],
              '--attack_batch_size=%d' % p['attack_batch_size'],
              '--jsma_max_iter=%d' % p['jsma_max_iter']]
     stages = attack_names.info(attack).cw_stages
     if stages:
-      flags.append('--cw_batch_size=%d' % p['cw']['batch'])
+      if not self.args.gpus:
+        flags.append('--cw_batch_size=%d' % p['cw']['batch'])
       cap = p['cw']['iterations']
       if cap and cap < max(s.max_iterations for s in stages):
         flags.append('--cw_max_iterations=%d' % cap)

@@ -114,22 +114,29 @@ def run_attack():
              'end': end}
   io_utils.check_writable_dir(out_dir, '--save_pwd' if FLAGS.save_pwd else '--results_dir')
   params = _attack_params()
-  if spec.info.swept:
-    attack, eps_list = attack_runner.EpsAttack(model, spec, params), attack_runner.eps_schedule(
-        FLAGS.eps)
-  else:
-    attack, eps_list = attack_runner.CWAttack(model, spec, params, kernel), [None]
-  model.init_new_variables()
-  model.graph.finalize()  # nothing may be added per batch or round
-  logging.info('%s on %d images of %s (%s model, checkpoint step %d) -> %s',
-               FLAGS.attack_method, len(images), FLAGS.eval_data_path,
-               result_files.model_name(FLAGS.RCE_train), model.step, out_dir)
-  progress = attack_runner.Progress(FLAGS.attack_method, len(images) * len(eps_list))
-  extra = {}
-  if spec.info.swept:
-    adv_rounds = attack.run(images, eps_list, progress)
-  else:
-    adv_rounds, extra = attack.run(images, labels, targets, progress)
+
+  def attempt(cw_batch):
+    """Builds the attack (C&W at `cw_batch`; None: its own) in a restored graph, runs it."""
+    nonlocal model
+    run_params = params
+    if cw_batch is not None:
+      run_params = params._replace(cw_overrides=dict(params.cw_overrides, batch_size=cw_batch))
+    model = model or _restore()  # a retry restores into a fresh graph
+    try:
+      return _attack_rounds(model, spec, run_params, images, labels, targets, kernel, out_dir)
+    except BaseException:
+      model.close()  # frees the device memory before a retry at a smaller batch
+      model = None
+      raise
+
+  sizes = [None]
+  if not spec.info.swept:
+    sizes = attack_runner.cw_batch_sizes(len(images), FLAGS.cw_batch_size,
+                                         training.available_gpus())
+    if sizes[0] is not None and FLAGS.cw_batch_size is None:
+      logging.info('GPU present: C&W batch = all %d attacked images (falls back to smaller '
+                   'batches if that does not fit; --cw_batch_size sets it)', sizes[0])
+  adv_rounds, extra, eps_list = attack_runner.with_batch_fallback(attempt, sizes)
   arrays, per_round = attack_runner.collect(model, images, labels, adv_rounds, eps_list)
   summary = {'attack': FLAGS.attack_method, 'dataset': FLAGS.dataset,
              'model': result_files.model_name(FLAGS.RCE_train), 'checkpoint': model.ckpt,
@@ -146,6 +153,28 @@ def run_attack():
         % (FLAGS.attack_method, len(images), len(eps_list), out_dir))
   model.close()
   return out_dir
+
+
+def _attack_rounds(model, spec, params, images, labels, targets, kernel, out_dir):
+  """Builds the attack in the restored graph, finalizes it, runs every round.
+
+  Returns (adversarial rounds [R, N, ...], attack statistics, eps list).
+  """
+  if spec.info.swept:
+    attack, eps_list = attack_runner.EpsAttack(model, spec, params), attack_runner.eps_schedule(
+        FLAGS.eps)
+  else:
+    attack, eps_list = attack_runner.CWAttack(model, spec, params, kernel), [None]
+  model.init_new_variables()
+  model.graph.finalize()  # nothing may be added per batch or round
+  logging.info('%s on %d images of %s (%s model, checkpoint step %d) -> %s',
+               FLAGS.attack_method, len(images), FLAGS.eval_data_path,
+               result_files.model_name(FLAGS.RCE_train), model.step, out_dir)
+  progress = attack_runner.Progress(FLAGS.attack_method, len(images) * len(eps_list))
+  if spec.info.swept:
+    return attack.run(images, eps_list, progress), {}, eps_list
+  adv_rounds, extra = attack.run(images, labels, targets, progress)
+  return adv_rounds, extra, eps_list
 
 
 def _attack_dir():

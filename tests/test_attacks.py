@@ -494,3 +494,38 @@ def test_get_attack_unknown_name_lists_names_and_builds_nothing():
   assert 'deepfool' in message
   for name in attacks.ATTACK_NAMES:
     assert name in message
+
+
+# ---- C&W batch sized for the device -------------------------------------------------------
+
+
+def test_cw_batch_sizes_all_images_on_a_gpu_then_halved_to_one():
+  assert attack_runner.cw_batch_sizes(1000, None, gpus=1) == [1000, 500, 250, 125, 63, 32, 16,
+                                                               8, 4, 2, 1]
+  assert attack_runner.cw_batch_sizes(1, None, gpus=2) == [1]
+  assert attack_runner.cw_batch_sizes(1000, None, gpus=0) == [None]  # CPU: the attack's own
+  assert attack_runner.cw_batch_sizes(1000, 7, gpus=1) == [7]  # --cw_batch_size wins
+
+
+def test_batch_fallback_retries_smaller_on_out_of_memory_only(caplog):
+  tried = []
+
+  def attempt(size):
+    tried.append(size)
+    if size > 100:
+      raise tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating tensor\nmore')
+    return 'ran at %d' % size
+
+  sizes = attack_runner.cw_batch_sizes(1000, None, gpus=1)
+  with caplog.at_level('WARNING'):
+    assert attack_runner.with_batch_fallback(attempt, sizes) == 'ran at 63'
+  assert tried == [1000, 500, 250, 125, 63]
+  assert 'C&W at batch 125 ran out of device memory (OOM when allocating tensor)' in caplog.text
+  with pytest.raises(tf.errors.ResourceExhaustedError):  # nothing smaller left to try
+    attack_runner.with_batch_fallback(attempt, [1000])
+
+  def broken(size):
+    raise ValueError('not a memory problem')
+
+  with pytest.raises(ValueError, match='not a memory'):  # other errors are not retried
+    attack_runner.with_batch_fallback(broken, sizes)
