@@ -4,6 +4,7 @@
   python reproduce.py --tiny     # a few steps and images: the CI smoke run
   python reproduce.py --full --dataset=mnist --data_dir=mnist_dataset   # the paper's settings
   python reproduce.py --tiny --jobs=2   # up to two stages at once
+  python reproduce.py --seeds=3          # three replicas: every cell as mean +- s.d.
 
 Every stage is one of the README's commands (train.py, test_nor.py, test_adv.py, t_sne.py)
 run as a subprocess; the exact command lines, their wall times, the TensorFlow version and
@@ -29,6 +30,7 @@ import time
 import attack_names
 import dataset_table
 import io_utils
+import report_tables
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # TensorFlow's C++ start-up notices (oneDNN, CUDA probing) would drown the stage logs.
@@ -74,7 +76,11 @@ class StageError(RuntimeError):
 
 
 # A stage of the graph: `make()` gives (cmd, inputs, output, prepare) once `deps` are done.
-Stage = collections.namedtuple('Stage', ['name', 'deps', 'make'])
+# `seed`: the replica the stage belongs to (None: shared by all, the data).
+Stage = collections.namedtuple('Stage', ['name', 'deps', 'make', 'seed'])
+# One replica of the whole pipeline (--seeds): seed 0 keeps the single-seed layout and stage
+# names, seed N > 0 lives in {out}/seed_N/ and its stage names end with _seedN.
+Replica = collections.namedtuple('Replica', ['seed', 'suffix', 'root', 'results'])
 
 
 def _die_with_parent():
@@ -123,7 +129,12 @@ class Driver(object):
     self.results = os.path.join(self.out, 'results')
     self.state_path = os.path.join(self.out, 'stages.json')
     io_utils.makedirs(os.path.join(self.out, 'logs'))
-    io_utils.makedirs(self.results)
+    self.replicas = []
+    for seed in range(args.seeds):
+      root = os.path.join(self.out, 'seed_%d' % seed) if seed else self.out
+      self.replicas.append(Replica(seed, '_seed%d' % seed if seed else '', root,
+                                   os.path.join(root, 'results')))
+      io_utils.makedirs(self.replicas[-1].results)
     self.state = {}
     if os.path.exists(self.state_path):
       with open(self.state_path) as f:
@@ -144,15 +155,16 @@ class Driver(object):
     except (result_files.ResultsError, ValueError, KeyError, OSError):
       return None
 
-  def add(self, name, deps, make):
+  def add(self, name, deps, make, rep=None):
     """Declares a stage: it starts once every stage of `deps` is done.
 
     `make()` is called then, and returns (cmd, inputs, output, prepare): the command
     (sys.executable, script, flags...), the JSON-able identities of what it reads (with the
     command: its key), a callable giving the identity of its output (None if missing or
-    incomplete) and a callable run just before the command (or None).
+    incomplete) and a callable run just before the command (or None). `rep`: the Replica
+    the stage belongs to (None: shared).
     """
-    self.stages.append(Stage(name, tuple(deps), make))
+    self.stages.append(Stage(name, tuple(deps), make, None if rep is None else rep.seed))
     return name
 
   def _start(self, name, spec, slot):
@@ -309,26 +321,30 @@ class Driver(object):
       self.data_ids[part] = provenance.data_identity(provenance.data_record(files))
     return self.data_ids[part]
 
-  def model_flags(self, rce):
-    return ['--dataset=%s' % self.args.dataset, '--num_gpus=%d' % self.args.num_gpus,
-            '--num_residual_units=%d' % self.preset['units'], '--RCE_train=%s' % rce,
-            '--log_root=%s' % self.log_root(rce)]
+  def model_flags(self, rce, rep):
+    flags = ['--dataset=%s' % self.args.dataset, '--num_gpus=%d' % self.args.num_gpus,
+             '--num_residual_units=%d' % self.preset['units'], '--RCE_train=%s' % rce,
+             '--log_root=%s' % self.log_root(rce, rep)]
+    return flags + (['--seed=%d' % rep.seed] if rep.seed else [])
 
-  def log_root(self, rce):
-    return os.path.join(self.out, 'models_%s' % self.args.dataset, 'RCE' if rce else 'CE')
+  def log_root(self, rce, rep):
+    return os.path.join(rep.root, 'models_%s' % self.args.dataset, 'RCE' if rce else 'CE')
 
   def _data_deps(self):
     return ('data',) if any(s.name == 'data' for s in self.stages) else ()
 
-  def train(self, rce, train_path, test_path):
+  def train(self, rce, rep, train_path, test_path):
     import checkpoints  # pylint: disable=g-import-not-at-top
     steps = self.args.steps or self.preset['steps'][self.args.dataset]
-    name = 'train_%s' % ('RCE' if rce else 'CE')
-    log_root = self.log_root(rce)
+    name = 'train_%s%s' % ('RCE' if rce else 'CE', rep.suffix)
+    log_root = self.log_root(rce, rep)
     flags = ['--train_data_path=%s' % train_path,
              '--train_dir=%s' % os.path.join(log_root, 'train'), '--mode=train',
              '--Optimizer=mom', '--checkpoint_steps=%d' % self.preset['checkpoint_steps'],
-             '--test_every_steps=%d' % self.preset['checkpoint_steps']] + self.model_flags(rce)
+             '--test_every_steps=%d' % self.preset['checkpoint_steps']
+             ] + self.model_flags(rce, rep)
+    if self.args.precision != 'fp32':
+      flags.append('--precision=%s' % self.args.precision)
     if self.preset['lr_decay']:
       boundaries = [max(1, int(round(f * steps))) for f in self.preset['lr_decay']]
       flags += ['--lr_boundaries=%s' % ','.join(str(b) for b in boundaries),
@@ -367,37 +383,32 @@ class Driver(object):
       return (self.script('train.py', '--total_steps=%d' % steps, *flags), {'data': data},
               output, prepare)
 
-    return self.add(name, self._data_deps(), make)
+    return self.add(name, self._data_deps(), make, rep)
 
-  def eval_dir(self, rce):
-    return os.path.join(self.log_root(rce), 'eval')
+  def eval_dir(self, rce, rep):
+    return os.path.join(self.log_root(rce, rep), 'eval')
 
-  def test_nor(self, rce, test_path):
+  def test_nor(self, rce, rep, test_path):
     import result_files  # pylint: disable=g-import-not-at-top
     model = 'RCE' if rce else 'CE'
-    eval_dir = self.eval_dir(rce)
-    train = 'train_%s' % model
-    return self.add('test_nor_%s' % model, (train,), lambda: (self.script(
+    eval_dir = self.eval_dir(rce, rep)
+    train = 'train_%s%s' % (model, rep.suffix)
+    return self.add('test_nor_%s%s' % (model, rep.suffix), (train,), lambda: (self.script(
         'test_nor.py', '--eval_data_path=%s' % test_path, '--eval_dir=%s' % eval_dir,
         '--mode=eval', '--eval_once',
         '--eval_batch_count=%d' % (100 if self.args.preset == 'full' else 50),
-        *self.model_flags(rce)),
+        *self.model_flags(rce, rep)),
                     dict(self.outputs(train), data=self.data_id('test', test_path)),
                     lambda: result_files.run_id(result_files.load_verified_summary(
-                        eval_dir, result_files.CLEAN_RESULT)), None))
+                        eval_dir, result_files.CLEAN_RESULT)), None), rep)
 
-  def clean_result(self, rce):
-    """test_nor's precision.json of one model (verified)."""
-    import result_files  # pylint: disable=g-import-not-at-top
-    return result_files.load_verified_summary(self.eval_dir(rce), result_files.CLEAN_RESULT)
-
-  def attack_flags(self, attack):
+  def attack_flags(self, attack, rep):
     """The preset's attack flags; C&W runs keep the original's settings, only capped (never
     raised) by the preset's iterations and binary-search steps, and run at the preset's batch
     on a CPU, on a GPU at test_adv.py's device default, all images at once (results do not
     depend on the batch)."""
     p = self.preset
-    flags = ['--results_dir=%s' % self.results, '--eval_batch_count=%d' % p['attack_batches'],
+    flags = ['--results_dir=%s' % rep.results, '--eval_batch_count=%d' % p['attack_batches'],
              '--attack_batch_size=%d' % p['attack_batch_size'],
              '--jsma_max_iter=%d' % p['jsma_max_iter']]
     stages = attack_names.info(attack).cw_stages
@@ -412,143 +423,207 @@ class Driver(object):
         flags.append('--cw_binary_search_steps=%d' % cap)
     return flags
 
-  def attack(self, attack, rce, test_path):
+  def attack(self, attack, rce, rep, test_path):
     import result_files  # pylint: disable=g-import-not-at-top
     model = 'RCE' if rce else 'CE'
     directory = result_files.attack_dir(attack, self.args.dataset, rce,
-                                        results_dir=self.results)
+                                        results_dir=rep.results)
     flags = [] if attack != 'jsma' else ['--eps=%g' % (0.02 * self.preset['eps_round'])]
-    upstream = ['train_%s' % model]
+    upstream = ['train_%s%s' % (model, rep.suffix)]
     if attack_names.info(attack).white_box:
-      upstream.append('kernel_para_%s' % model)
-    return self.add('attack_%s_%s' % (attack, model), upstream, lambda: (self.script(
-        'test_adv.py', '--eval_data_path=%s' % test_path, '--Optimizer=mom', '--mode=attack',
-        '--attack_method=%s' % attack,
-        *(self.model_flags(rce) + self.attack_flags(attack) + flags)),
-                    dict(self.outputs(*upstream), data=self.data_id('test', test_path)),
-                    lambda: result_files.run_id(result_files.load_verified_summary(directory)),
-                    None))
+      upstream.append('kernel_para_%s%s' % (model, rep.suffix))
+    return self.add('attack_%s_%s%s' % (attack, model, rep.suffix), upstream, lambda: (
+        self.script('test_adv.py', '--eval_data_path=%s' % test_path, '--Optimizer=mom',
+                    '--mode=attack', '--attack_method=%s' % attack,
+                    *(self.model_flags(rce, rep) + self.attack_flags(attack, rep) + flags)),
+        dict(self.outputs(*upstream), data=self.data_id('test', test_path)),
+        lambda: result_files.run_id(result_files.load_verified_summary(directory)), None), rep)
 
-  def kernel_para(self, rce, train_path):
+  def kernel_para(self, rce, rep, train_path):
     import result_files  # pylint: disable=g-import-not-at-top
     model = 'RCE' if rce else 'CE'
-    directory = result_files.kernel_dir(self.args.dataset, self.results)
-    train = 'train_%s' % model
-    return self.add('kernel_para_%s' % model, (train,), lambda: (self.script(
+    directory = result_files.kernel_dir(self.args.dataset, rep.results)
+    train = 'train_%s%s' % (model, rep.suffix)
+    return self.add('kernel_para_%s%s' % (model, rep.suffix), (train,), lambda: (self.script(
         'test_adv.py', '--train_data_path=%s' % train_path, '--mode=kernel_para',
-        '--results_dir=%s' % self.results,
-        '--eval_batch_count=%d' % self.preset['kernel_batches'], *self.model_flags(rce)),
+        '--results_dir=%s' % rep.results,
+        '--eval_batch_count=%d' % self.preset['kernel_batches'], *self.model_flags(rce, rep)),
                     dict(self.outputs(train), data=self.data_id('train', train_path)),
                     lambda: result_files.run_id(result_files.load_verified_summary(
-                        directory, result_files.kernel_summary_name(rce))), None))
+                        directory, result_files.kernel_summary_name(rce))), None), rep)
 
-  def detect(self, upstream):
+  def detect_dir(self, rep):
+    return os.path.join(rep.results, 'detect_%s' % self.args.dataset)
+
+  def detect(self, rep, upstream):
     import result_files  # pylint: disable=g-import-not-at-top
-    directory = os.path.join(self.results, 'detect_%s' % self.args.dataset)
-    return self.add('detect', upstream, lambda: (self.script(
+    directory = self.detect_dir(rep)
+    return self.add('detect%s' % rep.suffix, upstream, lambda: (self.script(
         'test_adv.py', '--mode=detect', '--dataset=%s' % self.args.dataset,
-        '--results_dir=%s' % self.results, '--eps_round=%d' % self.preset['eps_round']),
+        '--results_dir=%s' % rep.results, '--eps_round=%d' % self.preset['eps_round']),
                     self.outputs(*upstream),
                     lambda: result_files.run_id(result_files.load_verified_summary(directory)),
-                    None))
+                    None), rep)
 
-  def tsne(self, attack):
-    out = os.path.join(self.results, 'detect_%s' % self.args.dataset, 'tsne_%s.png' % attack)
-    upstream = ('attack_%s_CE' % attack, 'attack_%s_RCE' % attack)
-    self.add('tsne_%s' % attack, upstream, lambda: (self.script(
+  def tsne(self, attack, rep):
+    out = os.path.join(self.detect_dir(rep), 'tsne_%s.png' % attack)
+    upstream = ('attack_%s_CE%s' % (attack, rep.suffix), 'attack_%s_RCE%s' % (attack, rep.suffix))
+    self.add('tsne_%s%s' % (attack, rep.suffix), upstream, lambda: (self.script(
         't_sne.py', '--dataset=%s' % self.args.dataset, '--attack_method=%s' % attack,
-        '--results_dir=%s' % self.results, '--eps_round=%d' % self.preset['eps_round'],
-        '--tsne_out=%s' % out), self.outputs(*upstream), lambda: io_utils.sha256_file(out),
-                                                   None))
-    return out
+        '--results_dir=%s' % rep.results, '--eps_round=%d' % self.preset['eps_round'],
+        '--tsne_out=%s' % out) + (['--seed=%d' % rep.seed] if rep.seed else []),
+                                                   self.outputs(*upstream),
+                                                   lambda: io_utils.sha256_file(out), None),
+             rep)
 
-  def pipeline(self):
-    """Declares the stage graph, runs it (up to --jobs stages at once), writes the report."""
-    start = time.time()
-    train_path, test_path = self.data()
+  def replica(self, rep, train_path, test_path):
+    """Declares one replica's stages: train, test_nor, attacks, kernels, C&W-wb, detect."""
     for rce in (False, True):
-      self.train(rce, train_path, test_path)
-      self.test_nor(rce, test_path)
-    attack_stages = [self.attack(attack, rce, test_path)
+      self.train(rce, rep, train_path, test_path)
+      self.test_nor(rce, rep, test_path)
+    attack_stages = [self.attack(attack, rce, rep, test_path)
                      for attack in attack_names.paper_attacks() for rce in (False, True)]
-    kernels = [self.kernel_para(rce, train_path) for rce in (False, True)]
-    attack_stages += [self.attack(attack, rce, test_path)
+    kernels = [self.kernel_para(rce, rep, train_path) for rce in (False, True)]
+    attack_stages += [self.attack(attack, rce, rep, test_path)
                       for attack in attack_names.paper_attacks(white_box=True)
                       for rce in (False, True)]
-    self.detect(attack_stages + kernels)
-    tsne = [self.tsne(a) for a in self.preset['tsne']]
+    self.detect(rep, attack_stages + kernels)
+    if rep.seed == 0:  # the t-SNE figures illustrate; one replica draws them
+      for attack in self.preset['tsne']:
+        self.tsne(attack, rep)
+
+  def pipeline(self):
+    """Declares the stage graph of every replica, runs it (up to --jobs stages at once),
+    writes the report."""
+    start = time.time()
+    train_path, test_path = self.data()
+    for rep in self.replicas:
+      self.replica(rep, train_path, test_path)
     self.execute()
-    self.write_report(tsne, time.time() - start)
+    self.write_reports(time.time() - start)
 
   # -- the report
-  def table3(self):
-    """Table 3 (C&W-wb) with its definitions and the C&W settings each run used."""
+  def replica_tables(self, rep):
+    """Tables 1-3 of one replica as report_tables.Table values (read from verified files)."""
     import result_files  # pylint: disable=g-import-not-at-top
-    lines = ['| Model | ratio of f2(x*) > 0 | distortion (RMS, the paper\'s) | mean L2 '
-             'distortion | examples counted | target reached |', '|---|---|---|---|---|---|']
+    table1 = report_tables.Table('Table 1', [
+        ('test error', '%.2f %%'), ('images', '%d'), ('checkpoint step', '%d'),
+        ('model fingerprint', '%s')], [])
+    for rce in (False, True):
+      clean = result_files.load_verified_summary(self.eval_dir(rce, rep),
+                                                 result_files.CLEAN_RESULT)
+      table1.rows.append(('RCE' if rce else 'CE', [
+          100.0 * (1.0 - clean['precision']), clean['images'], clean['checkpoint_step'],
+          clean['provenance']['model']['fingerprint'][:16]]))
+    table1.notes.append(
+        "Images: the first ones of the test file(s) %s, in file order (the original's "
+        "test_nor.py used the first 5000)." % ', '.join(
+            os.path.basename(d['path']) for d in clean['provenance']['data']))
+    detect_dir = self.detect_dir(rep)
+    result_files.load_verified_summary(detect_dir)  # table2.csv is one of its checked files
+    with open(os.path.join(detect_dir, 'table2.csv')) as f:
+      table2 = report_tables.table2_from_csv(f.read())
+    table3 = report_tables.Table('Table 3', [
+        ('ratio of f2(x*) > 0', '%.4f'), ("distortion (RMS, the paper's)", '%.4f'),
+        ('mean L2 distortion', '%.4f'), ('examples counted', '%d'),
+        ('target reached', '%.4f')], [])
     settings = []
     for rce in (False, True):
       directory = result_files.attack_dir('carliniL2_specific', self.args.dataset, rce,
-                                          results_dir=self.results)
+                                          results_dir=rep.results)
       stats = result_files.load_verified_summary(directory)['attack_stats']
-      fmt = lambda v: 'n/c' if v is None else '%.4f' % v
       model = 'RCE' if rce else 'CE'
-      lines.append('| %s | %s | %s | %s | %d | %.4f |' % (
-          model, fmt(stats['ratio_f2_positive']), fmt(stats['rms_distortion']),
-          fmt(stats['mean_l2_distortion']), stats['table3_examples'],
-          stats['target_reached_rate']))
+      table3.rows.append((model, [stats['ratio_f2_positive'], stats['rms_distortion'],
+                                  stats['mean_l2_distortion'], stats['table3_examples'],
+                                  stats['target_reached_rate']]))
       settings.append('%s: %s' % (model, '; then '.join(
           '%(binary_search_steps)d x %(max_iterations)d iterations, c %(initial_const)g, '
           'confidence %(confidence)g' % s for s in stats['cw_settings'])))
-    return '\n'.join(lines) + (
-        '\n\nCounted: the examples classified correctly when clean whose adversarial image is '
-        'classified as its target (on the logits). Ratio of f2(x*) > 0: the fraction of them '
-        'the K-density detector still flags (f2 = -log K-density of the target class + log of '
-        'its training median; higher is better for the defense). Distortion (RMS): the mean '
-        'over them of sqrt(mean((x - x*)^2)), the original\'s; mean L2: of ||x - x*||_2. '
-        'n/c: no example counted. C&W runs used: %s.\n' % ' | '.join(settings))
+    table3.notes.append(TABLE3_NOTE + ' C&W runs used: %s.' % ' | '.join(settings))
+    return table1, table2, table3
 
-  def write_report(self, tsne, total_wall):
+  def _header(self, total_wall, seeds):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    table1 = ['| Model | test error | images | checkpoint step | model fingerprint |',
-              '|---|---|---|---|---|']
-    for rce in (False, True):
-      clean = self.clean_result(rce)
-      table1.append('| %s | %.2f %% | %d | %d | %s |' % (
-          'RCE' if rce else 'CE', 100.0 * (1.0 - clean['precision']), clean['images'],
-          clean['checkpoint_step'], clean['provenance']['model']['fingerprint'][:16]))
-    table1.append('\nImages: the first ones of the test file(s) %s, in file order (the '
-                  "original's test_nor.py used the first 5000)."
-                  % ', '.join(os.path.basename(d['path'])
-                              for d in clean['provenance']['data']))
-    detect_dir = os.path.join(self.results, 'detect_%s' % self.args.dataset)
-    with open(os.path.join(detect_dir, 'table2.md')) as f:
-      table2 = f.read()
-    images = sorted(n for n in os.listdir(detect_dir) if n.endswith('.png'))
-    timing = ['| Stage | wall time (s) | |', '|---|---|---|']
-    commands = []
-    for name in (s.name for s in self.stages):
-      record = self.state[name]
-      timing.append('| %s | %.1f | %s |' % (name, record['wall_s'],
-                                             'from an earlier run' if record.get('skipped')
-                                             else ''))
-      commands.append(record['command'])
     devices = ', '.join('%s' % d.name for d in tf.config.list_physical_devices())
-    text = '\n'.join([
+    return [
         '# Reproduction of "Towards Robust Detection of Adversarial Examples" (RCE + K-density)',
         '', 'Preset **%s** on %s: %s' % (self.args.preset, self.args.dataset,
                                          self.preset['note']),
-        '', 'TensorFlow %s; devices: %s; --num_gpus=%d; total wall time of this invocation '
-        '%.0f s.' % (tf.__version__, devices, self.args.num_gpus, total_wall),
-        '', '## Table 1: clean test error', ''] + table1 + [
-        '', '## Table 2: ROC-AUC of detection', '', table2,
-        '## Table 3: white-box attack on the K-density detector (C&W-wb)', '', self.table3(),
-        '## Figures', ''] + ['![%s](results/detect_%s/%s)' % (n, self.args.dataset, n)
-                             for n in images] + [
-        '', '## Wall time per stage', ''] + timing + [
-        '', '## Commands run', '', '```'] + commands + ['```', ''])
-    io_utils.atomic_write_text(os.path.join(self.out, 'RESULTS.md'), text)
-    print('wrote %s' % os.path.join(self.out, 'RESULTS.md'))
+        '', 'Seeds: %s. Training precision: %s (evaluation, attacks and detection: float32).'
+        % (seeds, self.args.precision),
+        '', 'TensorFlow %s; devices: %s; --num_gpus=%d; --jobs=%d; total wall time of this '
+        'invocation %.0f s.' % (tf.__version__, devices, self.args.num_gpus, self.args.jobs,
+                                total_wall)]
+
+  def _stage_sections(self, stages):
+    timing = ['| Stage | wall time (s) | |', '|---|---|---|']
+    commands = []
+    for stage in stages:
+      record = self.state[stage.name]
+      timing.append('| %s | %.1f | %s |' % (stage.name, record['wall_s'],
+                                             'from an earlier run' if record.get('skipped')
+                                             else ''))
+      commands.append(record['command'])
+    return (['', '## Wall time per stage', ''] + timing
+            + ['', '## Commands run', '', '```'] + commands + ['```', ''])
+
+  def replica_report(self, rep, tables, total_wall, report_dir):
+    """One replica's RESULTS text: Tables 1-3, figures, its stages' times and commands."""
+    table1, _, table3 = tables
+    detect_dir = self.detect_dir(rep)
+    with open(os.path.join(detect_dir, 'table2.md')) as f:
+      table2 = f.read()  # with the thresholding test and the notes of detect
+    images = sorted(n for n in os.listdir(detect_dir) if n.endswith('.png'))
+    figures = ['![%s](%s)' % (n, os.path.relpath(os.path.join(detect_dir, n), report_dir))
+               for n in images]
+    stages = [s for s in self.stages if s.seed in (None, rep.seed)]
+    return '\n'.join(
+        self._header(total_wall, rep.seed)
+        + ['', '## Table 1: clean test error', '', table1.markdown(),
+           '', '## Table 2: ROC-AUC of detection', '', table2,
+           '## Table 3: white-box attack on the K-density detector (C&W-wb)', '',
+           table3.markdown(), '## Figures', ''] + figures + self._stage_sections(stages))
+
+  def write_reports(self, total_wall):
+    """RESULTS.md; with several seeds, also each replica's RESULTS_seed{N}.md and
+    per_seed.csv, and RESULTS.md gives every cell as mean +- s.d. over the seeds."""
+    path = os.path.join(self.out, 'RESULTS.md')
+    tables = [self.replica_tables(rep) for rep in self.replicas]
+    if len(self.replicas) == 1:
+      io_utils.atomic_write_text(path, self.replica_report(self.replicas[0], tables[0],
+                                                           total_wall, self.out))
+      print('wrote %s' % path)
+      return
+    for rep, rep_tables in zip(self.replicas, tables):
+      io_utils.atomic_write_text(
+          os.path.join(self.out, 'RESULTS_seed%d.md' % rep.seed),
+          self.replica_report(rep, rep_tables, total_wall, self.out))
+    seeds = [rep.seed for rep in self.replicas]
+    io_utils.atomic_write_text(os.path.join(self.out, 'per_seed.csv'),
+                               report_tables.per_seed_csv(seeds, tables))
+    titles = ('## Table 1: clean test error', '## Table 2: ROC-AUC of detection',
+              '## Table 3: white-box attack on the K-density detector (C&W-wb)')
+    body = []
+    for title, per_seed in zip(titles, zip(*tables)):
+      body += ['', title, '', report_tables.mean_sd_markdown(per_seed)]
+    text = '\n'.join(
+        self._header(total_wall, '%s (%d replicas of the whole pipeline)'
+                     % (', '.join(map(str, seeds)), len(seeds)))
+        + ['', 'Every numeric cell: mean ± standard deviation (n - 1) over the %d seeds; '
+           'the per-seed values are in per_seed.csv and each replica\'s own report in '
+           'RESULTS_seed{N}.md (with its figures and the thresholding test).' % len(seeds)]
+        + body + self._stage_sections(self.stages))
+    io_utils.atomic_write_text(path, text)
+    print('wrote %s' % path)
+
+
+TABLE3_NOTE = (
+    'Counted: the examples classified correctly when clean whose adversarial image is '
+    'classified as its target (on the logits). Ratio of f2(x*) > 0: the fraction of them the '
+    'K-density detector still flags (f2 = -log K-density of the target class + log of its '
+    'training median; higher is better for the defense). Distortion (RMS): the mean over '
+    'them of sqrt(mean((x - x*)^2)), the original\'s; mean L2: of ||x - x*||_2. n/c: no '
+    'example counted.')
 
 
 class _StrictParser(argparse.ArgumentParser):
@@ -569,7 +644,8 @@ def _count(text):
   return value
 
 
-def parse_args(argv):
+def build_parser():
+  """The command line of reproduce.py."""
   parser = _StrictParser(description=__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
   group = parser.add_mutually_exclusive_group()
@@ -584,16 +660,31 @@ def parse_args(argv):
                       help='Towers; default: every GPU present (0: the CPU).')
   parser.add_argument('--steps', type=_count, default=0,
                       help='Override the training steps (0: the preset\'s).')
+  parser.add_argument('--seeds', type=_count, default=1,
+                      help='Independent replicas of the whole pipeline, seeds 0..N-1 '
+                      '(initialization, shuffling, kernel points, C&W targets); with N > 1 '
+                      'RESULTS.md gives mean +- s.d. over them and per_seed.csv each value.')
+  parser.add_argument('--precision', default='fp32',
+                      choices=['fp32', 'mixed_float16', 'mixed_bfloat16'],
+                      help="train.py's --precision (training arithmetic; attacks and "
+                      'detection are float32).')
   parser.add_argument('--jobs', type=_count, default=None,
                       help='Stages run at once, each when its inputs are done (default: the '
                       'number of GPUs with --full, else 1). With GPUs each stage but training '
                       'gets one; on the CPU each gets its share of the cores.')
+  return parser
+
+
+def parse_args(argv):
+  parser = build_parser()
   args = parser.parse_args(argv)
   if args.dataset != 'mnist' and args.preset != 'full' and not args.data_dir:
     parser.error('--dataset=%s needs --data_dir with its binary files (only mnist has a '
                  'bundled stand-in, the digits)' % args.dataset)
   if args.jobs == 0:
     parser.error('argument --jobs: must be >= 1')
+  if args.seeds == 0:
+    parser.error('argument --seeds: must be >= 1')
   gpus = None
   if args.num_gpus is None or args.jobs != 1:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -70,6 +70,10 @@ CASES = {
                                                   '--results_dir={cwd}/results'],
                                  ['merge_shards', '--num_shards']),
     'reproduce_steps_negative': (REPRODUCE + ['--steps=-5'], ['--steps', '>= 0']),
+    'reproduce_seeds_0': (REPRODUCE + ['--seeds=0'], ['--seeds', '>= 1']),
+    'reproduce_precision': (REPRODUCE + ['--precision=fp8'], ['--precision', 'fp8',
+                                                              'mixed_bfloat16']),
+    'train_precision': (TRAIN + ['--precision=fp8'], ['precision', 'fp8', 'mixed_bfloat16']),
     # paths: empty where one is needed, a folder given as a data file
     'train_no_data_path': (['train.py', '--log_root={cwd}/model'], ['train_data_path']),
     'train_no_log_root': (['train.py', '--train_data_path={data}'], ['log_root']),

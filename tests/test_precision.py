@@ -82,10 +82,14 @@ def test_float16_scales_the_loss_and_skips_a_step_with_non_finite_gradients():
     np.testing.assert_array_equal(a, b)
 
 
-def test_unknown_precision_is_refused(tmp_path, digits_train):
-  proc = run_script(train_args(digits_train, tmp_path / 'm', 2, extra=['--precision=fp8']))
-  assert proc.returncode != 0
-  assert 'precision' in proc.stderr and 'fp8' in proc.stderr
+def test_reproduce_offers_exactly_the_precisions_of_train():
+  import reproduce  # pylint: disable=g-import-not-at-top
+  args = reproduce.parse_args(['--tiny', '--precision=mixed_bfloat16', '--jobs=1',
+                               '--num_gpus=0'])
+  assert args.precision == 'mixed_bfloat16'
+  choices = next(a.choices for a in reproduce.build_parser()._actions  # pylint: disable=protected-access
+                 if a.dest == 'precision')
+  assert list(choices) == list(training.PRECISIONS)
 
 
 def _clean_error(log_root, rce, test_file):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
 from conftest import (AUC_COLUMNS, MODELS, PNG_SIGNATURE, describe, markdown_table,  # pylint: disable=g-bad-import-order
@@ -310,3 +311,87 @@ def test_jobs_2_same_tables_and_a_stopped_parallel_run_resumes(first_run):
     again = f.read()
   for prefix in ('## Table 1', '## Table 2', '## Table 3'):
     assert section(again, prefix) == section(jobs1, prefix), prefix
+
+
+def _per_seed(out):
+  import csv  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(out, 'per_seed.csv')) as f:
+    rows = list(csv.DictReader(f))
+  cells = {}
+  for row in rows:
+    cells.setdefault((row['table'], row['row'], row['column']), {})[int(row['seed'])] = (
+        row['value'])
+  return cells
+
+
+def _own_cell(text, table, row, column):
+  """The cell of a replica's own RESULTS_seed{N}.md (Table 2 is detect's table2.md)."""
+  heading = {'Table 1': '## Table 1', 'Table 2': '## Table 2', 'Table 3': '## Table 3'}[table]
+  header, rows = markdown_table(section(text, heading),
+                                '| Attack' if table == 'Table 2' else '| Model')
+  return dict((r[0], r) for r in rows)[row][header.index(column)]
+
+
+def _formatted(table, column, value):
+  if value == 'n/c' or not re.fullmatch(r'-?[0-9.e+-]+|nan|inf', value):
+    return value
+  if table == 'Table 1' and column == 'test error':
+    return '%.2f %%' % float(value)
+  if column in ('images', 'checkpoint step', 'examples counted') or column.startswith('kept'):
+    return '%d' % int(value)
+  return '%.4f' % float(value)
+
+
+def test_seeds_2_mean_and_sd_in_every_cell_and_per_seed_values_of_each_replica(first_run):
+  """--seeds=2 on the folder of the runs before: seed 0 is the run already there (skipped),
+  seed 1 a whole second replica; RESULTS.md gives mean +- s.d. in every numeric cell and
+  per_seed.csv two values per cell, each the one of that replica's own tables."""
+  _require(first_run)
+  out = first_run['out']
+  proc = run_script(['reproduce.py', '--tiny', '--steps=70', '--out_dir=%s' % out,
+                     '--jobs=2', '--seeds=2'], timeout=1200)
+  assert proc.returncode == 0, describe(proc)
+  for stage in STAGES:  # replica 0 is the single-seed run, unchanged
+    assert '[skip] %s ' % stage in proc.stdout, stage
+    if stage not in ('data', 'tsne_fgsm'):
+      assert '[done] %s_seed1 in' % stage in proc.stdout, stage
+  assert '--seed=1' in proc.stdout and os.path.isdir(os.path.join(out, 'seed_1', 'results'))
+  with open(os.path.join(out, 'RESULTS.md')) as f:
+    text = f.read()
+  own = {}
+  for seed in (0, 1):
+    with open(os.path.join(out, 'RESULTS_seed%d.md' % seed)) as f:
+      own[seed] = f.read()
+  fingerprints = [markdown_table(section(own[s], '## Table 1'), '| Model')[1][0][4]
+                  for s in (0, 1)]
+  assert fingerprints[0] != fingerprints[1]  # two different trainings
+
+  cells = _per_seed(out)
+  tables = {'Table 1': ('## Table 1', '| Model', 2 * 4), 'Table 2': ('## Table 2', '| Attack',
+                                                                      7 * 8),
+            'Table 3': ('## Table 3', '| Model', 2 * 5)}
+  for table, (heading, start, count) in tables.items():
+    in_csv = {k: v for k, v in cells.items() if k[0] == table}
+    assert len(in_csv) == count, (table, len(in_csv))
+    header, rows = markdown_table(section(text, heading), start)
+    by_row = dict((r[0], r) for r in rows)
+    for (_, row, column), values in in_csv.items():
+      assert sorted(values) == [0, 1], (table, row, column)
+      for seed, value in values.items():
+        assert _formatted(table, column, value) == _own_cell(own[seed], table, row, column), (
+            table, row, column, seed)
+      cell = by_row[row][header.index(column)]
+      numbers = [float(v) for v in values.values() if v not in ('n/c', '')
+                 and re.fullmatch(r'-?[0-9.e+-]+', v)]
+      if column == 'model fingerprint':
+        assert cell == ' / '.join(values[s] for s in (0, 1))
+      elif len(numbers) == 2:
+        mean, sd = np.mean(numbers), np.std(numbers, ddof=1)
+        fmt = '%.2f %%' if column == 'test error' else (
+            '%.1f' if column in ('images', 'checkpoint step', 'examples counted')
+            or column.startswith('kept') else '%.4f')
+        assert cell == '%s ± %s' % (fmt % mean, fmt % sd), (table, row, column, cell)
+      elif len(numbers) == 1:
+        assert '±' in cell and '1 of 2 seeds' in cell, cell
+      else:
+        assert cell == 'n/c', (table, row, column, cell)

@@ -1,0 +1,123 @@
+"""The report's tables as data: one replica's Markdown, and mean +- s.d. over seeds.
+
+reproduce.py reads Tables 1-3 of each replica (seed) from its verified result files into
+`Table` values; one seed renders them as they always were, several seeds render every
+numeric cell as mean +- standard deviation (n - 1) and list each seed's value in a CSV, so
+that a difference between CE and RCE can be told from seed-to-seed noise. TensorFlow-free.
+"""
+import csv
+import io
+import math
+
+import numpy as np
+
+# A cell with no result (the detect table's '-'), as opposed to None: not computable (n/c).
+MISSING = '-'
+NOT_COMPUTABLE = 'n/c'
+
+
+class Table(object):
+  """A report table: `columns` are (header, printf format) pairs, `rows` (label, cells);
+  a cell is a number, a string, None (not computable) or MISSING."""
+
+  def __init__(self, name, columns, rows, first='Model', notes=None):
+    self.name, self.columns, self.rows, self.first = name, list(columns), list(rows), first
+    self.notes = list(notes or [])
+
+  def _lines(self, cells_of_row):
+    lines = ['| %s |' % ' | '.join([self.first] + [h for h, _ in self.columns]),
+             '|' + '---|' * (len(self.columns) + 1)]
+    for label, cells in self.rows:
+      lines.append('| %s |' % ' | '.join([label] + cells_of_row(label, cells)))
+    return '\n'.join(lines) + ''.join('\n\n' + n for n in self.notes) + '\n'
+
+  def markdown(self):
+    """One replica's table: each cell in its column's format, n/c or -."""
+    return self._lines(lambda _, cells: [format_cell(fmt, v) for (_, fmt), v in
+                                         zip(self.columns, cells)])
+
+
+def format_cell(fmt, value):
+  if value is None:
+    return NOT_COMPUTABLE
+  if isinstance(value, str):
+    return value
+  return fmt % value
+
+
+def _is_number(value):
+  return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def mean_sd_cell(fmt, values):
+  """The cell of `values` (one per seed): mean +- s.d. (n - 1) of the numbers; strings
+  that differ joined with ' / '; n/c or - when no seed has a number."""
+  numbers = [float(v) for v in values if _is_number(v)]
+  if not numbers:
+    strings = [v for v in values if isinstance(v, str) and v != MISSING]
+    if strings:
+      return ' / '.join(sorted(set(strings), key=strings.index))
+    return NOT_COMPUTABLE if any(v is None for v in values) else MISSING
+  fmt = '%.1f' if fmt == '%d' else fmt  # the mean of counts is not a count
+  mean = float(np.mean(numbers))
+  sd = float(np.std(numbers, ddof=1)) if len(numbers) > 1 else math.nan
+  cell = '%s ± %s' % (fmt % mean, fmt % sd if len(numbers) > 1 else 'n/a')
+  if len(numbers) < len(values):
+    cell += ' (%d of %d seeds; n/c in the others)' % (len(numbers), len(values))
+  return cell
+
+
+def mean_sd_markdown(tables):
+  """One Markdown table from the same table of several seeds (same rows and columns)."""
+  first = tables[0]
+  for other in tables[1:]:
+    if ([label for label, _ in other.rows] != [label for label, _ in first.rows]
+        or other.columns != first.columns):
+      raise ValueError('%s differs between the seeds: rows %s vs %s' % (
+          first.name, [r for r, _ in first.rows], [r for r, _ in other.rows]))
+  by_label = [dict(t.rows) for t in tables]
+  merged = Table(first.name, first.columns, first.rows, first.first, first.notes)
+  return merged._lines(lambda label, cells: [  # pylint: disable=protected-access
+      mean_sd_cell(fmt, [rows[label][i] for rows in by_label])
+      for i, (_, fmt) in enumerate(first.columns)])
+
+
+def _csv_value(value):
+  if value is None:
+    return NOT_COMPUTABLE
+  if _is_number(value):
+    return repr(float(value)) if isinstance(value, (float, np.floating)) else str(int(value))
+  return str(value)
+
+
+def per_seed_csv(seeds, tables_per_seed):
+  """Long CSV (table, row, column, seed, value) of every cell of every seed's tables."""
+  buf = io.StringIO()
+  writer = csv.writer(buf, lineterminator='\n')
+  writer.writerow(['table', 'row', 'column', 'seed', 'value'])
+  for seed, tables in zip(seeds, tables_per_seed):
+    for table in tables:
+      for label, cells in table.rows:
+        for (header, _), value in zip(table.columns, cells):
+          writer.writerow([table.name, label, header, seed, _csv_value(value)])
+  return buf.getvalue()
+
+
+def table2_from_csv(text):
+  """Table 2 from the detect folder's table2.csv: AUCs ('nan': n/c, '': missing), kept."""
+  rows = list(csv.reader(io.StringIO(text)))
+  header, body = rows[0], rows[1:]
+  columns = [(h, '%d' if h.startswith('kept ') else '%.4f') for h in header[1:]]
+  table = Table('Table 2', columns, [], first=header[0],
+                notes=['n/c: not computable (fewer than two kept examples or only one class).'])
+  for row in body:
+    cells = []
+    for (_, fmt), cell in zip(columns, row[1:]):
+      if cell == '':
+        cells.append(MISSING)
+      elif cell == 'nan':
+        cells.append(None)
+      else:
+        cells.append(int(cell) if fmt == '%d' else float(cell))
+    table.rows.append((row[0], cells))
+  return table
