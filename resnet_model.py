@@ -208,7 +208,10 @@ class _Builder(object):
     return tf.compat.v1.nn.xw_plus_b(x, self.cast(w), self.cast(b))
 
   def network(self, images):
+    """(logits, feature, layers): `layers` maps LAYER_NAMES to the input, each stage's
+    output and the feature, for detectors that look at every block."""
     hps = self.hps
+    layers = collections.OrderedDict(input=images)
     if hps.use_bottleneck:
       unit, filters = self.bottleneck, (64, 128, 256)
     else:
@@ -220,16 +223,22 @@ class _Builder(object):
         with tf1.variable_scope('unit_%d_%d' % (stage, i)):
           x = unit(x, out_filters, stride if i == 0 else 1,
                    activate_before_residual=(stage == 1 and i == 0))
+      layers['stage_%d' % stage] = x
     with tf1.variable_scope('unit_last'):
       x = self.relu(self.batch_norm('final_bn', x))
       feature = tf.reduce_mean(x, [1, 2], name='feature')
     with tf1.variable_scope('logit'):
       logits = self.fully_connected(feature, hps.num_classes)
-    # The loss, the predictions and the detector's feature are float32 in every precision.
-    return tf.cast(logits, tf.float32), tf.cast(feature, tf.float32)
+    # The loss, the predictions and the detectors' inputs are float32 in every precision.
+    layers['feature'] = feature
+    return (tf.cast(logits, tf.float32), tf.cast(feature, tf.float32),
+            collections.OrderedDict((k, tf.cast(v, tf.float32)) for k, v in layers.items()))
 
 
-Network = collections.namedtuple('Network', ['logits', 'raw_logits', 'feature', 'update_ops'])
+Network = collections.namedtuple('Network', ['logits', 'raw_logits', 'feature', 'update_ops',
+                                             'layers'])
+# The layer outputs a Network exposes, input first, the 64-d feature last.
+LAYER_NAMES = ('input', 'stage_1', 'stage_2', 'stage_3', 'feature')
 
 
 def build_network(hps, images, mode, compute_dtype=tf.float32):
@@ -250,12 +259,15 @@ def build_network(hps, images, mode, compute_dtype=tf.float32):
       raw_logits: [B, num_classes] the network's output Z, for the CE / RCE loss.
       feature: [B, 64] output of the global average pool (the detector's feature).
       update_ops: BN moving-average updates (empty in eval mode).
+      layers: OrderedDict of LAYER_NAMES: the input [B, H, W, C], the output of each of the
+        three stages [B, h, w, c] (before the final BN and ReLU) and the feature [B, 64],
+        float32; no extra variables, so checkpoints are unchanged.
   """
   builder = _Builder(hps, mode, compute_dtype)
   with tf1.variable_scope(tf1.get_variable_scope(), reuse=tf1.AUTO_REUSE):
-    raw_logits, feature = builder.network(images)
+    raw_logits, feature, layers = builder.network(images)
   return Network(flip_logits(raw_logits, hps.RCE_train), raw_logits, feature,
-                 builder.update_ops)
+                 builder.update_ops, layers)
 
 
 def is_model_variable_name(name):

@@ -20,6 +20,7 @@ class RestoredModel(object):
   Attributes:
     images: float32 placeholder [None, H, W, C] in [-0.5, 0.5].
     logits: flipped logits [None, 10] of `images`; feature: [None, 64].
+    layers: the network's layer outputs of `images` (resnet_model.LAYER_NAMES).
     model_fn: x -> (flipped logits, feature), sharing the restored variables.
   """
 
@@ -32,7 +33,8 @@ class RestoredModel(object):
       self.model_fn = resnet_model.make_model_fn(hps)
       self.images = tf1.placeholder(tf.float32, [None] + list(dataset_input.image_shape(
           self.spec)), name='images')
-      self.logits, self.feature = self.model_fn(self.images)
+      net = resnet_model.build_network(hps, self.images, 'eval')
+      self.logits, self.feature, self.layers = net.logits, net.feature, net.layers
       self.variables = resnet_model.model_variables()
     self.sess = tf1.Session(graph=self.graph, config=config)
     with self.graph.as_default():

@@ -35,6 +35,29 @@ def variables_by_name():
 
 
 @pytest.mark.parametrize('shape', [(28, 28, 1), (32, 32, 3)], ids=['mnist', 'cifar10'])
+def test_layer_outputs_every_stage_without_new_variables(shape):
+  """The layers detectors read: input, each stage, the feature; the same variables."""
+  with tf.Graph().as_default():
+    images = tf1.placeholder(tf.float32, [None] + list(shape))
+    plain = resnet_model.build_network(SMALL, images, 'eval')
+    names = sorted(variables_by_name())
+    again = resnet_model.build_network(SMALL, images, 'eval')  # shares every variable
+    assert sorted(variables_by_name()) == names
+    layers = again.layers
+    assert tuple(layers) == resnet_model.LAYER_NAMES
+    size = shape[0]
+    expected = [[None] + list(shape), [None, size, size, 16], [None, size // 2, size // 2, 32],
+                [None, size // 4, size // 4, 64], [None, 64]]
+    assert [layers[n].shape.as_list() for n in layers] == expected
+    assert layers['input'] is images and layers['feature'] is again.feature
+    with tf1.Session() as sess:
+      sess.run(tf1.global_variables_initializer())
+      x = np.random.RandomState(0).uniform(-0.5, 0.5, (2,) + shape)
+      f1, f2 = sess.run([plain.feature, layers['feature']], {images: x})
+    np.testing.assert_array_equal(f1, f2)
+
+
+@pytest.mark.parametrize('shape', [(28, 28, 1), (32, 32, 3)], ids=['mnist', 'cifar10'])
 @pytest.mark.parametrize('mode', ['train', 'eval'])
 def test_logits_and_feature_shapes_with_dynamic_batch(shape, mode):
   with tf.Graph().as_default():
