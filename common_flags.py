@@ -182,6 +182,12 @@ def define_attack_flags():
       message='--kernel_subset cannot exceed --kernel_per_class (it is drawn from them)')
   _count('eps_round', 8, 'eps round of the swept attacks that detect reports (1-based: 8 is '
          'eps 0.16).')
+  _count('lid_k', 20, 'Nearest neighbours of the LID estimate (--mode=characteristics).')
+  _count('lid_batch', 100, 'Minibatch of normal examples LID is estimated within '
+         '(--mode=characteristics; more than --lid_k).')
+  flags.register_multi_flags_validator(
+      ['lid_k', 'lid_batch'], lambda f: f['lid_batch'] > f['lid_k'],
+      message='--lid_batch must exceed --lid_k (each minibatch needs k neighbours)')
   _count('num_shards', 1, 'Split the attacked images into this many contiguous shards '
          '(--mode=attack runs one, --mode=merge_shards joins them).')
   flags.DEFINE_integer('shard_index', 0, 'The shard this --mode=attack run attacks (0-based).',

@@ -312,3 +312,41 @@ def load_kernel_params(directory, rce, dataset):
   with np.load(os.path.join(directory, 'kernel_%s.npz' % model_name(rce)),
                allow_pickle=False) as data:
     return {k: data[k] for k in data.files}, summary
+
+
+CHARACTERISTICS_FOLDER = 'characteristics'
+CHARACTERISTICS_ARRAYS = 'characteristics.npz'
+
+
+def characteristics_dir(directory):
+  """{attack folder}/characteristics/, written by test_adv.py --mode=characteristics."""
+  return os.path.join(directory, CHARACTERISTICS_FOLDER)
+
+
+def save_characteristics(directory, arrays, summary):
+  """Writes an attack folder's characteristics/ (npz without pickle, then its summary)."""
+  folder = FolderWriter(characteristics_dir(directory))
+  folder.write(CHARACTERISTICS_ARRAYS, io_utils.atomic_savez, **arrays)
+  return folder.finish(summary)
+
+
+def load_characteristics(directory, attack_summary, kernel_summary, command_hint):
+  """(arrays, summary) of an attack folder's characteristics, verified against the attack
+  run and the kernel they were computed from.
+
+  Returns None when there are none; a ResultsError naming `command_hint` when they are
+  incomplete or were computed from another run of the attack or another kernel.
+  """
+  folder = characteristics_dir(directory)
+  if not os.path.exists(folder):
+    return None
+  summary = load_verified_summary(folder)
+  for what, key, current in (('attack', 'attack_run_id', run_id(attack_summary)),
+                             ('kernel (Mahalanobis statistics)', 'kernel_run_id',
+                              run_id(kernel_summary))):
+    if summary.get(key) != current:
+      raise ResultsError(
+          '%s: the characteristics were computed from another run of the %s (run %s, now %s);'
+          ' remake them with: %s' % (folder, what, summary.get(key), current, command_hint))
+  with np.load(os.path.join(folder, CHARACTERISTICS_ARRAYS), allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}, summary

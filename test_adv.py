@@ -10,19 +10,25 @@ Modes:
                into {attack}_{dataset}/{RCE|CE}/ under --results_dir, or --save_pwd.
   kernel_para  features of --eval_batch_count batches of 100 training images
                (--train_data_path) -> kernel_para_{dataset}/ (kernel points, medians).
+  characteristics
+               for one model, every attack result folder of it under --results_dir: LID
+               (Ma et al.) and Mahalanobis (Lee et al.) characteristics of the normal,
+               adversarial (--eps_round) and noisy images -> {attack folder}/characteristics/.
   detect       the AUC table (paper's Table 2), ROC curves and the thresholding test of every
-               attack result under --results_dir, for CE and RCE side by side.
+               attack result under --results_dir, for CE and RCE side by side; with
+               characteristics also the LID and Mahalanobis columns and Tables 4 and 5.
   merge_shards joins the --num_shards shards of an attack (each run as --mode=attack
                --num_shards=N --shard_index=I, e.g. by a cluster's array job) into its
                ordinary result folder, after checking they come from the same checkpoint,
                data and flags.
 """
-
 from absl import logging
 import tensorflow as tf
 
 import attack_runner
+import attack_names
 import attacks
+import characteristics_runner
 import checkpoints
 import common_flags
 import dataset_input
@@ -36,7 +42,7 @@ import training
 
 tf1 = tf.compat.v1
 FLAGS = common_flags.FLAGS
-MODES = ('attack', 'kernel_para', 'detect', 'merge_shards')
+MODES = ('attack', 'kernel_para', 'detect', 'merge_shards', 'characteristics')
 # The flags that change each mode's result, recorded in its summary.
 ATTACK_FLAGS = ('dataset', 'RCE_train', 'num_residual_units', 'use_bottleneck', 'seed',
                 'attack_method', 'eps', 'eval_batch_count', 'attack_batch_size', 'bim_nb_iter',
@@ -45,6 +51,8 @@ ATTACK_FLAGS = ('dataset', 'RCE_train', 'num_residual_units', 'use_bottleneck', 
 SHARD_FLAGS = ('num_shards', 'shard_index')
 KERNEL_FLAGS = ('dataset', 'RCE_train', 'num_residual_units', 'use_bottleneck', 'seed',
                 'eval_batch_count', 'kernel_per_class', 'kernel_subset')
+CHARACTERISTICS_FLAGS = ('dataset', 'RCE_train', 'num_residual_units', 'use_bottleneck',
+                         'seed', 'eps_round', 'lid_k', 'lid_batch')
 
 
 def define_flags():
@@ -221,11 +229,15 @@ def run_kernel_para():
   model = _restore()
   out_dir = result_files.kernel_dir(FLAGS.dataset, FLAGS.results_dir)
   io_utils.check_writable_dir(out_dir, '--results_dir')
+  layer_model = characteristics_runner.LayerModel(model)
   _, features = model.outputs(images)
-  model.close()
   params = detect_report.kernel_params(features, labels, FLAGS.RCE_train,
                                        model.hps.num_classes, FLAGS.kernel_per_class,
                                        FLAGS.kernel_subset, FLAGS.seed)
+  # Lee et al.'s class means and shared covariance of every layer, for --mode=characteristics.
+  params.update(characteristics_runner.training_statistics(layer_model, images, labels,
+                                                           model.hps.num_classes))
+  model.close()
   result_files.save_kernel_params(
       out_dir, FLAGS.RCE_train, features, labels, params,
       {'dataset': FLAGS.dataset, 'num_examples': len(features),
@@ -233,6 +245,59 @@ def run_kernel_para():
   print('wrote kernel parameters of %d training features (%s) to %s'
         % (len(features), result_files.model_name(FLAGS.RCE_train), out_dir))
   return out_dir
+
+
+def characteristics_command():
+  """The command line that makes this model's characteristics (for error messages)."""
+  return ('python test_adv.py --mode=characteristics --dataset=%s --RCE_train=%s '
+          '--log_root=... --results_dir=%s --eps_round=%d'
+          % (FLAGS.dataset, FLAGS.RCE_train, FLAGS.results_dir, FLAGS.eps_round))
+
+
+def run_characteristics():
+  """--mode=characteristics: LID and Mahalanobis characteristics of every attack folder of
+  this model under --results_dir, written into {attack folder}/characteristics/."""
+  common_flags.require_flags('test_adv.py --mode=characteristics', 'log_root')
+  model_name = result_files.model_name(FLAGS.RCE_train)
+  found = {a: dirs[model_name] for a, dirs in
+           result_files.find_attacks(FLAGS.results_dir, FLAGS.dataset).items()
+           if model_name in dirs}
+  if not found:
+    raise result_files.ResultsError(
+        'no attack results of the %s model for %s under --results_dir=%s; run test_adv.py '
+        '--mode=attack first' % (model_name, FLAGS.dataset, FLAGS.results_dir))
+  kernel_dir = result_files.kernel_dir(FLAGS.dataset, FLAGS.results_dir)
+  kernel, kernel_summary = result_files.load_kernel_params(kernel_dir, FLAGS.RCE_train,
+                                                           FLAGS.dataset)
+  model = _restore()
+  _check_kernel_model(kernel_summary, model, kernel_dir)
+  for attack, directory in sorted(found.items()):  # every folder checked before any work
+    made_by = result_files.load_verified_summary(directory)['provenance']['model']
+    if made_by['fingerprint'] != model.info.fingerprint:
+      raise result_files.ResultsError(
+          '%s was made by checkpoint %s (step %d), not by the model of --log_root=%s (%s, step '
+          '%d); rerun the attack' % (directory, made_by['checkpoint'], made_by['global_step'],
+                                     FLAGS.log_root, model.ckpt, model.step))
+    io_utils.check_writable_dir(directory, '--results_dir')
+  stats = characteristics_runner.stats_from_kernel(kernel, list(model.layers), kernel_dir,
+                                                   FLAGS.RCE_train)
+  layer_model = characteristics_runner.LayerModel(model, stats)
+  model.graph.finalize()
+  for attack in attack_names.ordered(found):
+    arrays, facts = characteristics_runner.attack_characteristics(
+        layer_model, stats, found[attack], FLAGS.eps_round, FLAGS.lid_k, FLAGS.lid_batch,
+        FLAGS.seed)
+    data = result_files.load_summary(found[attack])['provenance']['data']
+    summary = dict(facts, attack=attack, model=model_name, dataset=FLAGS.dataset,
+                   kernel_run_id=result_files.run_id(kernel_summary),
+                   provenance=provenance.record(
+                       provenance.model_record(model.info, model_name, model.hps), data,
+                       {n: FLAGS[n].value for n in CHARACTERISTICS_FLAGS}))
+    result_files.save_characteristics(found[attack], arrays, summary)
+    print('wrote the characteristics of %s (%s, %d examples, eps %s) to %s' % (
+        attack, model_name, facts['num_examples'], facts['eps'],
+        result_files.characteristics_dir(found[attack])))
+  model.close()
 
 
 def run_detect():
@@ -245,8 +310,9 @@ def run_detect():
 
 def main():
   common_flags.check_mode(MODES, 'test_adv.py')
-  {'attack': run_attack, 'kernel_para': run_kernel_para,
-   'detect': run_detect, 'merge_shards': run_merge_shards}[FLAGS.mode or 'attack']()
+  {'attack': run_attack, 'kernel_para': run_kernel_para, 'detect': run_detect,
+   'merge_shards': run_merge_shards,
+   'characteristics': run_characteristics}[FLAGS.mode or 'attack']()
 
 
 if __name__ == '__main__':

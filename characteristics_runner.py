@@ -1,0 +1,151 @@
+"""test_adv.py --mode=characteristics: LID and Mahalanobis characteristics of attack results.
+
+For one model and each of its attack result folders, per example, for the normal image, the
+adversarial image (the eps round detect reports) and a noisy copy of the normal image (Gaussian
+noise with the adversarial examples' mean L2, as Ma et al.):
+  * LID (Ma et al. 2018) of every layer output (flattened) within minibatches of normal
+    examples (characteristics.lid_characteristics);
+  * the Mahalanobis score (Lee et al. 2018) of every layer output, globally average-pooled,
+    under the class means and shared covariance of the training set (made by
+    --mode=kernel_para, kept in the kernel file), after Lee et al.'s input pre-processing
+    x + eps * sign(grad_x score) for each eps of MAHALANOBIS_EPS (0: none);
+  * the noisy copies' prediction logits and feature, for their K-density.
+They go into {attack folder}/characteristics/ (npz without pickle, summary with provenance and
+checksums), tied to the attack folder's and the kernel's run ids.
+"""
+import collections
+import os
+
+import numpy as np
+import tensorflow as tf
+
+import attacks
+import characteristics
+import detection
+import result_files
+
+tf1 = tf.compat.v1
+
+# Lee et al.'s pre-processing magnitudes; detect picks one per model and attack on the
+# training split (0.0 is no pre-processing).
+MAHALANOBIS_EPS = (0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01)
+SETS = ('normal', 'adv', 'noisy')
+
+
+def stats_key(kind, layer):
+  """Name of a Mahalanobis training statistic in the kernel npz ('means' / 'precision')."""
+  return 'maha_%s_%s' % (kind, layer)
+
+
+def _pooled(layer):
+  """Global average pool of a [B, H, W, C] layer output; a [B, D] one as it is."""
+  return tf.reduce_mean(layer, [1, 2]) if layer.shape.ndims == 4 else layer
+
+
+class LayerModel(object):
+  """The restored model's layer outputs, pooled and flat, and per layer Lee et al.'s input
+  pre-processing step, built once in the model's graph (before it is finalized)."""
+
+  def __init__(self, model, stats=None):
+    """`stats`: {layer: (means [K, D], precision [D, D])} for the pre-processing steps."""
+    self.model = model
+    with model.graph.as_default():
+      self.names = list(model.layers)
+      self.pooled = [_pooled(model.layers[n]) for n in self.names]
+      self.flat = [tf.reshape(model.layers[n], [tf.shape(model.layers[n])[0], -1])
+                   for n in self.names]
+      self.eps = tf1.placeholder(tf.float32, [], name='mahalanobis_eps')
+      self.steps = []
+      for name, pooled in zip(self.names, self.pooled):
+        if stats is None:
+          break
+        means, precision = (tf.constant(a, tf.float32) for a in stats[name])
+        diff = pooled[:, None, :] - means[None]  # [B, K, D]
+        score = tf.reduce_max(-0.5 * tf.reduce_sum(
+            tf.einsum('bkd,de->bke', diff, precision) * diff, axis=-1), axis=1)
+        grad = tf.gradients(tf.reduce_sum(score), model.images)[0]
+        self.steps.append(tf.clip_by_value(model.images + self.eps * tf.sign(grad),
+                                           attacks.gradient.CLIP_MIN, attacks.gradient.CLIP_MAX))
+
+  def _run(self, fetches, images, batch_size, feed=None):
+    out = []
+    for start in range(0, len(images), batch_size):
+      batch_feed = dict(feed or {})
+      batch_feed[self.model.images] = images[start:start + batch_size]
+      out.append(self.model.sess.run(fetches, batch_feed))
+    return [np.concatenate([o[i] for o in out]) for i in range(len(fetches))]
+
+  def outputs(self, images, pooled, batch_size=100):
+    """[N, D_l] per layer: pooled (Mahalanobis) or flattened (LID) outputs of `images`."""
+    return self._run(self.pooled if pooled else self.flat, images, batch_size)
+
+  def preprocessed(self, layer_index, images, eps, batch_size=100):
+    """Lee et al.'s step for one layer: clip(x + eps * sign(grad_x score_layer(x)))."""
+    return self._run([self.steps[layer_index]], images, batch_size, {self.eps: eps})[0]
+
+
+def training_statistics(layer_model, images, labels, num_classes):
+  """{stats_key(...): array}: class means and shared precision of every layer (pooled)."""
+  out = {}
+  for name, pooled in zip(layer_model.names, layer_model.outputs(images, pooled=True)):
+    means, precision = characteristics.class_statistics(pooled, labels, num_classes)
+    out[stats_key('means', name)], out[stats_key('precision', name)] = means, precision
+  return out
+
+
+def stats_from_kernel(kernel, names, kernel_dir, rce):
+  """{layer: (means, precision)} from the kernel npz; ResultsError naming kernel_para if not
+  there (a kernel of an older version)."""
+  missing = [n for n in names if stats_key('means', n) not in kernel]
+  if missing:
+    raise result_files.ResultsError(
+        '%s: kernel_%s.npz holds no Mahalanobis statistics (layers %s): it was made by an older '
+        'version; rerun test_adv.py --mode=kernel_para for this model'
+        % (kernel_dir, result_files.model_name(rce), ', '.join(missing)))
+  return {n: (kernel[stats_key('means', n)], kernel[stats_key('precision', n)]) for n in names}
+
+
+def mahalanobis_all(layer_model, stats, images, batch_size=100):
+  """[N, L, E] Mahalanobis scores of `images` per layer and pre-processing eps."""
+  out = np.zeros((len(images), len(layer_model.names), len(MAHALANOBIS_EPS)))
+  plain = layer_model.outputs(images, pooled=True, batch_size=batch_size)
+  for li, name in enumerate(layer_model.names):
+    means, precision = stats[name]
+    for ei, eps in enumerate(MAHALANOBIS_EPS):
+      pooled = plain[li] if eps == 0 else layer_model.outputs(
+          layer_model.preprocessed(li, images, eps, batch_size), pooled=True,
+          batch_size=batch_size)[li]
+      out[:, li, ei] = characteristics.mahalanobis_scores(pooled, means, precision)[0]
+  return out
+
+
+def attack_characteristics(layer_model, stats, directory, eps_round, k, lid_batch, seed,
+                           batch_size=100):
+  """The characteristics arrays of one attack folder, and the facts the summary records."""
+  summary = result_files.load_verified_summary(directory)
+  index = result_files.round_index(summary, eps_round)
+  data = result_files.load_attack_round(directory, index)
+  normal = np.load(os.path.join(directory, 'nor_img.npy'), allow_pickle=False)
+  adv = np.load(os.path.join(directory, 'adv_img.npy'), allow_pickle=False)[index]
+  l2 = attacks.l2_per_example(adv, normal)
+  keep = detection.kept_mask(data['labels_true'], data['labels_nor'], data['labels_adv'])
+  # The noise has the mean L2 of the attack's successful examples (all, if none succeeded).
+  noise_l2 = float(np.mean(l2[keep] if keep.any() else l2))
+  noisy = characteristics.noisy_copies(normal, noise_l2, seed, attacks.gradient.CLIP_MIN,
+                                       attacks.gradient.CLIP_MAX)
+  images = {'normal': normal, 'adv': adv, 'noisy': noisy}
+  flat = {s: layer_model.outputs(images[s], pooled=False, batch_size=batch_size)
+          for s in SETS}
+  lid = characteristics.lid_characteristics(flat['normal'], {s: flat[s] for s in SETS[1:]},
+                                            k=k, batch_size=lid_batch)
+  del flat
+  arrays = collections.OrderedDict(
+      layers=np.array(layer_model.names), mahalanobis_eps=np.array(MAHALANOBIS_EPS))
+  for s in SETS:
+    arrays['lid_' + s] = lid[s]
+    arrays['mahalanobis_' + s] = mahalanobis_all(layer_model, stats, images[s], batch_size)
+  logits, feature = layer_model.model.outputs(noisy, batch_size)
+  arrays['noisy_logits'], arrays['noisy_feature'] = logits, feature
+  facts = {'eps_round_index': index, 'eps': summary['eps'][index], 'noise_mean_l2': noise_l2,
+           'num_examples': len(normal), 'attack_run_id': result_files.run_id(summary)}
+  return arrays, facts
