@@ -22,7 +22,9 @@ import io_utils
 
 # Column order of the tables: the detection scores, then the models.
 TABLE_METRICS = detection.METRICS
-METRIC_NAMES = {'confidence': 'Confidence', 'non_me': 'non-ME', 'k_density': 'K-density'}
+METRIC_NAMES = {'confidence': 'Confidence', 'non_me': 'non-ME', 'k_density': 'K-density',
+                # unsupervised, on the final feature (detect_characteristics)
+                'mahalanobis_feature': 'Mahalanobis', 'lid_feature': 'LID'}
 TABLE_MODELS = ('CE', 'RCE')
 NOT_COMPUTABLE_NOTE = 'n/c: not computable (fewer than two kept examples or only one class)'
 
@@ -39,18 +41,20 @@ LEGEND_MAX_CLASSES = 20
 # ---- tables ------------------------------------------------------------------------------
 
 
-def _table_columns(with_kept):
-  cols = ['%s %s' % (METRIC_NAMES[m], model) for m in TABLE_METRICS for model in TABLE_MODELS]
+def _table_columns(with_kept, metrics=TABLE_METRICS):
+  cols = ['%s %s' % (METRIC_NAMES[m], model) for m in metrics for model in TABLE_MODELS]
   return cols + ['kept %s' % model for model in TABLE_MODELS] if with_kept else cols
 
 
-def table_markdown(rows, title=None):
+def table_markdown(rows, title=None, metrics=TABLE_METRICS):
   """Markdown table in the layout of the paper's Table 2.
 
   Args:
     rows: list of (attack_title, aucs, [extra]); aucs maps (metric, model) -> AUC or None,
       metric in TABLE_METRICS and model 'CE' / 'RCE'; optional extra maps model -> number kept.
     title: optional heading.
+    metrics: the score columns (the paper's three by default; detect adds LID and
+      Mahalanobis when there are characteristics).
 
   Returns:
     The Markdown text: AUCs with 4 decimals, `n/c` for not computable (with a footnote), `-`
@@ -58,12 +62,12 @@ def table_markdown(rows, title=None):
   """
   with_kept = any(len(r) > 2 and r[2] for r in rows)
   lines = ['### %s' % title, ''] if title else []
-  cols = ['Attack'] + _table_columns(with_kept)
+  cols = ['Attack'] + _table_columns(with_kept, metrics)
   lines += ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
   any_nc = False
   for row in rows:
     cells = [str(row[0])]
-    for m in TABLE_METRICS:
+    for m in metrics:
       for model in TABLE_MODELS:
         if (m, model) not in row[1]:
           cells.append('-')
@@ -81,14 +85,14 @@ def table_markdown(rows, title=None):
   return '\n'.join(lines) + '\n'
 
 
-def table_csv(rows):
+def table_csv(rows, metrics=TABLE_METRICS):
   """The `table_markdown` data as wide CSV: 'nan' for not computable, empty for missing."""
   buf = io.StringIO()
   writer = csv.writer(buf, lineterminator='\n')
-  writer.writerow(['Attack'] + _table_columns(True))
+  writer.writerow(['Attack'] + _table_columns(True, metrics))
   for row in rows:
     cells = [row[0]]
-    for m in TABLE_METRICS:
+    for m in metrics:
       for model in TABLE_MODELS:
         if (m, model) not in row[1]:
           cells.append('')

@@ -36,6 +36,16 @@ class Table(object):
     return self._lines(lambda _, cells: [format_cell(fmt, v) for (_, fmt), v in
                                          zip(self.columns, cells)])
 
+  def csv(self):
+    """The table as CSV: full precision, 'nan' for not computable, empty for missing."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator='\n')
+    writer.writerow([self.first] + [h for h, _ in self.columns])
+    for label, cells in self.rows:
+      writer.writerow([label] + ['nan' if v is None else '' if v is MISSING else _csv_value(v)
+                                 for v in cells])
+    return buf.getvalue()
+
 
 def format_cell(fmt, value):
   if value is None:
@@ -103,21 +113,33 @@ def per_seed_csv(seeds, tables_per_seed):
   return buf.getvalue()
 
 
-def table2_from_csv(text):
-  """Table 2 from the detect folder's table2.csv: AUCs ('nan': n/c, '': missing), kept."""
+def from_csv(name, text, notes=()):
+  """A Table from its CSV (`Table.csv`, detect's table2.csv): 'nan' is n/c, empty missing;
+  a column whose values are all integers is a count ('%d'), any other '%.4f'."""
   rows = list(csv.reader(io.StringIO(text)))
   header, body = rows[0], rows[1:]
-  columns = [(h, '%d' if h.startswith('kept ') else '%.4f') for h in header[1:]]
-  table = Table('Table 2', columns, [], first=header[0],
-                notes=['n/c: not computable (fewer than two kept examples or only one class).'])
-  for row in body:
-    cells = []
-    for (_, fmt), cell in zip(columns, row[1:]):
-      if cell == '':
-        cells.append(MISSING)
-      elif cell == 'nan':
-        cells.append(None)
-      else:
-        cells.append(int(cell) if fmt == '%d' else float(cell))
-    table.rows.append((row[0], cells))
-  return table
+  values = [[_parse(c) for c in row[1:]] for row in body]
+  columns = []
+  for i, head in enumerate(header[1:]):
+    numbers = [row[i] for row in values if _is_number(row[i])]
+    counts = numbers and all(isinstance(v, int) for v in numbers)
+    columns.append((head, '%d' if counts else '%.4f'))
+  return Table(name, columns, [(row[0], cells) for row, cells in zip(body, values)],
+               first=header[0], notes=notes)
+
+
+def _parse(cell):
+  if cell == '':
+    return MISSING
+  if cell == 'nan':
+    return None
+  try:
+    return int(cell)
+  except ValueError:
+    return float(cell)
+
+
+def table2_from_csv(text):
+  """Table 2 from the detect folder's table2.csv."""
+  return from_csv('Table 2', text,
+                  ['n/c: not computable (fewer than two kept examples or only one class).'])
