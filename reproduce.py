@@ -452,6 +452,22 @@ class Driver(object):
                     lambda: result_files.run_id(result_files.load_verified_summary(
                         directory, result_files.kernel_summary_name(rce))), None), rep)
 
+  def characteristics(self, rce, rep, upstream):
+    """LID and Mahalanobis characteristics of every attack folder of one model."""
+    import result_files  # pylint: disable=g-import-not-at-top
+    model = 'RCE' if rce else 'CE'
+
+    def output():
+      found = result_files.find_attacks(rep.results, self.args.dataset)
+      return {attack: result_files.run_id(result_files.load_verified_summary(
+          result_files.characteristics_dir(dirs[model])))
+              for attack, dirs in sorted(found.items()) if model in dirs}
+
+    return self.add('characteristics_%s%s' % (model, rep.suffix), upstream, lambda: (
+        self.script('test_adv.py', '--mode=characteristics', '--results_dir=%s' % rep.results,
+                    '--eps_round=%d' % self.preset['eps_round'], *self.model_flags(rce, rep)),
+        self.outputs(*upstream), output, None), rep)
+
   def detect_dir(self, rep):
     return os.path.join(rep.results, 'detect_%s' % self.args.dataset)
 
@@ -487,7 +503,11 @@ class Driver(object):
     attack_stages += [self.attack(attack, rce, rep, test_path)
                       for attack in attack_names.paper_attacks(white_box=True)
                       for rce in (False, True)]
-    self.detect(rep, attack_stages + kernels)
+    chars = [self.characteristics(rce, rep, [s for s in attack_stages + kernels
+                                             if s.endswith(('_RCE' if rce else '_CE')
+                                                           + rep.suffix)])
+             for rce in (False, True)]
+    self.detect(rep, attack_stages + kernels + chars)
     if rep.seed == 0:  # the t-SNE figures illustrate; one replica draws them
       for attack in self.preset['tsne']:
         self.tsne(attack, rep)
@@ -540,7 +560,13 @@ class Driver(object):
           '%(binary_search_steps)d x %(max_iterations)d iterations, c %(initial_const)g, '
           'confidence %(confidence)g' % s for s in stats['cw_settings'])))
     table3.notes.append(TABLE3_NOTE + ' C&W runs used: %s.' % ' | '.join(settings))
-    return table1, table2, table3
+    tables = [table1, table2, table3]
+    for name in ('Table 4', 'Table 5'):  # with characteristics (LID, Mahalanobis)
+      path = os.path.join(detect_dir, '%s.csv' % name.replace(' ', '').lower())
+      if os.path.exists(path):
+        with open(path) as f:
+          tables.append(report_tables.from_csv(name, f.read()))
+    return tables
 
   def _header(self, total_wall, seeds):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -569,10 +595,14 @@ class Driver(object):
 
   def replica_report(self, rep, tables, total_wall, report_dir):
     """One replica's RESULTS text: Tables 1-3, figures, its stages' times and commands."""
-    table1, _, table3 = tables
+    table1, _, table3 = tables[:3]
     detect_dir = self.detect_dir(rep)
     with open(os.path.join(detect_dir, 'table2.md')) as f:
       table2 = f.read()  # with the thresholding test and the notes of detect
+    supervised = []
+    if os.path.exists(os.path.join(detect_dir, 'table4_5.md')):
+      with open(os.path.join(detect_dir, 'table4_5.md')) as f:
+        supervised = ['## %s' % TABLES_4_5, '', f.read()]
     images = sorted(n for n in os.listdir(detect_dir) if n.endswith('.png'))
     figures = ['![%s](%s)' % (n, os.path.relpath(os.path.join(detect_dir, n), report_dir))
                for n in images]
@@ -582,7 +612,8 @@ class Driver(object):
         + ['', '## Table 1: clean test error', '', table1.markdown(),
            '', '## Table 2: ROC-AUC of detection', '', table2,
            '## Table 3: white-box attack on the K-density detector (C&W-wb)', '',
-           table3.markdown(), '## Figures', ''] + figures + self._stage_sections(stages))
+           table3.markdown()] + supervised + ['## Figures', '']
+        + figures + self._stage_sections(stages))
 
   def write_reports(self, total_wall):
     """RESULTS.md; with several seeds, also each replica's RESULTS_seed{N}.md and
@@ -601,11 +632,18 @@ class Driver(object):
     seeds = [rep.seed for rep in self.replicas]
     io_utils.atomic_write_text(os.path.join(self.out, 'per_seed.csv'),
                                report_tables.per_seed_csv(seeds, tables))
-    titles = ('## Table 1: clean test error', '## Table 2: ROC-AUC of detection',
-              '## Table 3: white-box attack on the K-density detector (C&W-wb)')
+    titles = {'Table 1': '## Table 1: clean test error',
+              'Table 2': '## Table 2: ROC-AUC of detection',
+              'Table 3': '## Table 3: white-box attack on the K-density detector (C&W-wb)',
+              'Table 4': '## %s\n\n### Table 4: supervised, AUROC and TNR at TPR 95 %%'
+                         % TABLES_4_5,
+              'Table 5': '### Table 5: unseen attacks (trained on FGSM), AUROC'}
+    if len({tuple(t.name for t in per) for per in tables}) > 1:
+      raise StageError('the replicas reported different tables: %s' % [
+          [t.name for t in per] for per in tables])
     body = []
-    for title, per_seed in zip(titles, zip(*tables)):
-      body += ['', title, '', report_tables.mean_sd_markdown(per_seed)]
+    for per_seed in zip(*tables):
+      body += ['', titles[per_seed[0].name], '', report_tables.mean_sd_markdown(per_seed)]
     text = '\n'.join(
         self._header(total_wall, '%s (%d replicas of the whole pipeline)'
                      % (', '.join(map(str, seeds)), len(seeds)))
@@ -617,6 +655,7 @@ class Driver(object):
     print('wrote %s' % path)
 
 
+TABLES_4_5 = 'Tables 4 and 5: LID and Mahalanobis next to K-density (supervised protocol)'
 TABLE3_NOTE = (
     'Counted: the examples classified correctly when clean whose adversarial image is '
     'classified as its target (on the logits). Ratio of f2(x*) > 0: the fraction of them the '

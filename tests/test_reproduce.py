@@ -21,7 +21,8 @@ ATTACKS = ('fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2', 'carliniL2_highcon',
 STAGES = (['data'] + ['%s_%s' % (s, m) for m in MODELS for s in ('train', 'test_nor')]
           + ['attack_%s_%s' % (a, m) for a in ATTACKS[:-1] for m in MODELS]
           + ['kernel_para_%s' % m for m in MODELS]
-          + ['attack_carliniL2_specific_%s' % m for m in MODELS] + ['detect', 'tsne_fgsm'])
+          + ['attack_carliniL2_specific_%s' % m for m in MODELS]
+          + ['characteristics_%s' % m for m in MODELS] + ['detect', 'tsne_fgsm'])
 
 
 def sections(text):
@@ -121,7 +122,7 @@ def test_table3_and_figures_and_commands(first_run):
   assert len(commands) == len(STAGES)
   scripts = [re.match(r'python \S*?([a-z_]+\.py) ', c).group(1) for c in commands]
   assert scripts.count('train.py') == 2 and scripts.count('test_nor.py') == 2
-  assert scripts.count('test_adv.py') == 2 * len(ATTACKS) + 2 + 1
+  assert scripts.count('test_adv.py') == 2 * len(ATTACKS) + 2 + 2 + 1
   assert any('--mode=detect' in c for c in commands)
   assert all('--attack_method=%s ' % a in ' '.join(commands) for a in ATTACKS)
 
@@ -252,7 +253,7 @@ def test_new_steps_rerun_exactly_what_they_affect_then_nothing(first_run):
     assert '[skip] %s' % stage in third.stdout, stage
   with open(os.path.join(out, 'RESULTS.md')) as f:
     again = f.read()
-  for prefix in ('## Table 1', '## Table 2', '## Table 3'):
+  for prefix in ('## Table 1', '## Table 2', '## Table 3', '## Tables 4 and 5'):
     assert section(again, prefix) == section(text, prefix), prefix
 
 
@@ -273,7 +274,7 @@ def test_jobs_2_same_tables_and_a_stopped_parallel_run_resumes(first_run):
   assert re.search(r'running: attack_\w+, attack_\w+', parallel.stdout), parallel.stdout
   with open(os.path.join(out, 'RESULTS.md')) as f:
     jobs2 = f.read()
-  for prefix in ('## Table 1', '## Table 2', '## Table 3'):
+  for prefix in ('## Table 1', '## Table 2', '## Table 3', '## Tables 4 and 5'):
     assert section(jobs2, prefix) == section(jobs1, prefix), prefix
 
   shutil.rmtree(os.path.join(out, 'results'))
@@ -309,7 +310,7 @@ def test_jobs_2_same_tables_and_a_stopped_parallel_run_resumes(first_run):
     assert '[skip] %s' % stage in rerun.stdout, (stage, rerun.stdout)
   with open(os.path.join(out, 'RESULTS.md')) as f:
     again = f.read()
-  for prefix in ('## Table 1', '## Table 2', '## Table 3'):
+  for prefix in ('## Table 1', '## Table 2', '## Table 3', '## Tables 4 and 5'):
     assert section(again, prefix) == section(jobs1, prefix), prefix
 
 
@@ -324,11 +325,20 @@ def _per_seed(out):
   return cells
 
 
+# Where each table is in RESULTS.md: section, header start, cells (rows x numeric columns).
+TABLE_PLACES = {
+    'Table 1': ('## Table 1', '| Model', 2 * 4),
+    'Table 2': ('## Table 2', '| Attack', 7 * 12),  # + Mahalanobis and LID, CE and RCE
+    'Table 3': ('## Table 3', '| Model', 2 * 5),
+    'Table 4': ('## Tables 4 and 5', '| Attack: detector |', 7 * 3 * 4),
+    'Table 5': ('## Tables 4 and 5', '| Attack: detector (trained', 7 * 3 * 2),
+}
+
+
 def _own_cell(text, table, row, column):
   """The cell of a replica's own RESULTS_seed{N}.md (Table 2 is detect's table2.md)."""
-  heading = {'Table 1': '## Table 1', 'Table 2': '## Table 2', 'Table 3': '## Table 3'}[table]
-  header, rows = markdown_table(section(text, heading),
-                                '| Attack' if table == 'Table 2' else '| Model')
+  heading, start = TABLE_PLACES[table][:2]
+  header, rows = markdown_table(section(text, heading), start)
   return dict((r[0], r) for r in rows)[row][header.index(column)]
 
 
@@ -367,10 +377,7 @@ def test_seeds_2_mean_and_sd_in_every_cell_and_per_seed_values_of_each_replica(f
   assert fingerprints[0] != fingerprints[1]  # two different trainings
 
   cells = _per_seed(out)
-  tables = {'Table 1': ('## Table 1', '| Model', 2 * 4), 'Table 2': ('## Table 2', '| Attack',
-                                                                      7 * 8),
-            'Table 3': ('## Table 3', '| Model', 2 * 5)}
-  for table, (heading, start, count) in tables.items():
+  for table, (heading, start, count) in TABLE_PLACES.items():
     in_csv = {k: v for k, v in cells.items() if k[0] == table}
     assert len(in_csv) == count, (table, len(in_csv))
     header, rows = markdown_table(section(text, heading), start)
