@@ -83,6 +83,14 @@ class LayerModel(object):
     """Lee et al.'s step for one layer: clip(x + eps * sign(grad_x score_layer(x)))."""
     return self._run([self.steps[layer_index]], images, batch_size, {self.eps: eps})[0]
 
+  def preprocessed_all(self, images, eps, batch_size=100):
+    """The step of every layer at once (one forward pass shared by the gradients)."""
+    return self._run(self.steps, images, batch_size, {self.eps: eps})
+
+  def pooled_layer(self, layer_index, images, batch_size=100):
+    """[N, D] pooled output of one layer (only the part of the network it needs)."""
+    return self._run([self.pooled[layer_index]], images, batch_size)[0]
+
 
 def training_statistics(layer_model, images, labels, num_classes):
   """{stats_key(...): array}: class means and shared precision of every layer (pooled)."""
@@ -109,13 +117,11 @@ def mahalanobis_all(layer_model, stats, images, batch_size=100):
   """[N, L, E] Mahalanobis scores of `images` per layer and pre-processing eps."""
   out = np.zeros((len(images), len(layer_model.names), len(MAHALANOBIS_EPS)))
   plain = layer_model.outputs(images, pooled=True, batch_size=batch_size)
-  for li, name in enumerate(layer_model.names):
-    means, precision = stats[name]
-    for ei, eps in enumerate(MAHALANOBIS_EPS):
-      pooled = plain[li] if eps == 0 else layer_model.outputs(
-          layer_model.preprocessed(li, images, eps, batch_size), pooled=True,
-          batch_size=batch_size)[li]
-      out[:, li, ei] = characteristics.mahalanobis_scores(pooled, means, precision)[0]
+  for ei, eps in enumerate(MAHALANOBIS_EPS):
+    moved = layer_model.preprocessed_all(images, eps, batch_size) if eps else None
+    for li, name in enumerate(layer_model.names):
+      pooled = plain[li] if not eps else layer_model.pooled_layer(li, moved[li], batch_size)
+      out[:, li, ei] = characteristics.mahalanobis_scores(pooled, *stats[name])[0]
   return out
 
 

@@ -194,7 +194,6 @@ def supervised_tables(results, dataset, results_dir, eps_round, seed=0):
   table5 = report_tables.Table('Table 5', [('AUROC %s' % m, '%.4f') for m in models], [],
                                first='Attack: detector (trained on FGSM)')
   reasons, fitted, per_example, missing = [], {}, [], {}
-  by_attack = dict(results)
   for attack, per_model in results:
     for det in dchar.DETECTORS:
       label = '%s: %s' % (attack_names.title(attack), dchar.DETECTOR_NAMES[det])
@@ -227,7 +226,7 @@ def supervised_tables(results, dataset, results_dir, eps_round, seed=0):
           reasons.append(('Table 5', why, '%s %s' % (attack_names.title(attack), model)))
         row.append(auroc)
       table5.rows.append((label + (' (seen)' if attack == dchar.SEEN_ATTACK else ''), row))
-  if dchar.SEEN_ATTACK not in by_attack:
+  if dchar.SEEN_ATTACK not in dict(results):
     table5.notes.append('n/c: no FGSM results to train on.')
   split_note = ('Split: %d of the %d attacked images for training, %d for testing (seeded, %s); '
                 'one split for every attack and both models.' % (
@@ -239,11 +238,16 @@ def supervised_tables(results, dataset, results_dir, eps_round, seed=0):
                     % characteristics_command(dataset, model, results_dir, eps_round),
                     ', '.join('%s %s' % (a, model) for a in sorted(set(attacks),
                                                                   key=attacks.index))))
+  chosen = []
+  for attack, per_model in results:
+    for model in models:
+      res = fitted.get((attack, model, 'mahalanobis'))
+      if res is not None and res['model'] is not None:
+        eps = per_model[model]['characteristics']['mahalanobis_eps'][res['eps_index']]
+        chosen.append('%s %s %g' % (attack_names.title(attack), model, eps))
   table4.notes += [split_note] + _reason_notes(reasons)
-  for (attack, model, det), res in sorted(fitted.items()):
-    if det == 'mahalanobis' and res['eps_index'] is not None:
-      eps = by_attack[attack][model]['characteristics']['mahalanobis_eps'][res['eps_index']]
-      res['eps'] = float(eps)
+  if chosen:
+    table4.notes.append('Mahalanobis pre-processing eps chosen: %s.' % ', '.join(chosen))
   for attack, per_model in results:
     for model, r in sorted(per_model.items()):
       if 'sets' in r:
