@@ -196,13 +196,17 @@ class Driver(object):
     """The environment of a stage: with several jobs, its share of the machine.
 
     On GPUs each stage but training sees one GPU (CUDA_VISIBLE_DEVICES; training keeps
-    them all for its towers); on the CPU each gets cores / jobs TensorFlow threads.
+    them all for its towers); on the CPU each stage but training gets cores / jobs
+    TensorFlow threads. Training keeps TensorFlow's default threads even when it shares the
+    cores: its float reductions are split by thread, and over thousands of steps a different
+    split gives different weights, so --jobs would change the models and every table.
     """
     env = dict(os.environ)
-    if self.jobs > 1:
-      if self.gpus and not name.startswith('train_'):
+    training = name.startswith('train_')
+    if self.jobs > 1 and not training:
+      if self.gpus:
         env['CUDA_VISIBLE_DEVICES'] = str(slot % self.gpus)
-      elif not self.gpus:
+      else:
         env['TF_NUM_INTRAOP_THREADS'] = str(max(1, (os.cpu_count() or 1) // self.jobs))
         env['TF_NUM_INTEROP_THREADS'] = '1'
     return env
