@@ -238,13 +238,15 @@ def supervised_tables(results, dataset, results_dir, eps_round, seed=0):
                     % characteristics_command(dataset, model, results_dir, eps_round),
                     ', '.join('%s %s' % (a, model) for a in sorted(set(attacks),
                                                                   key=attacks.index))))
-  chosen = []
+  chosen, eps_record = [], {}
   for attack, per_model in results:
     for model in models:
       res = fitted.get((attack, model, 'mahalanobis'))
       if res is not None and res['model'] is not None:
         eps = per_model[model]['characteristics']['mahalanobis_eps'][res['eps_index']]
         chosen.append('%s %s %g' % (attack_names.title(attack), model, eps))
+        eps_record.setdefault(attack, {})[model] = {
+            'eps': float(eps), 'validation_aurocs': res['validation_aurocs']}
   table4.notes += [split_note] + _reason_notes(reasons)
   if chosen:
     table4.notes.append('Mahalanobis pre-processing eps chosen: %s.' % ', '.join(chosen))
@@ -253,7 +255,8 @@ def supervised_tables(results, dataset, results_dir, eps_round, seed=0):
       if 'sets' in r:
         per_example.extend(_example_rows(attack, model, r, fitted, train_ex, test_ex))
   return table4, table5, per_example, {'train': len(train_ex), 'test': len(test_ex),
-                                       'stratified': stratified, 'seed': seed}
+                                       'stratified': stratified, 'seed': seed,
+                                       'mahalanobis_eps': eps_record}
 
 
 def _reason_notes(reasons):

@@ -25,8 +25,8 @@ Modes:
 from absl import logging
 import tensorflow as tf
 
-import attack_runner
 import attack_names
+import attack_runner
 import attacks
 import characteristics_runner
 import checkpoints
@@ -245,13 +245,6 @@ def run_kernel_para():
   print('wrote kernel parameters of %d training features (%s) to %s'
         % (len(features), result_files.model_name(FLAGS.RCE_train), out_dir))
   return out_dir
-
-
-def characteristics_command():
-  """The command line that makes this model's characteristics (for error messages)."""
-  return ('python test_adv.py --mode=characteristics --dataset=%s --RCE_train=%s '
-          '--log_root=... --results_dir=%s --eps_round=%d'
-          % (FLAGS.dataset, FLAGS.RCE_train, FLAGS.results_dir, FLAGS.eps_round))
 
 
 def run_characteristics():
