@@ -462,10 +462,10 @@ class Driver(object):
     model = 'RCE' if rce else 'CE'
 
     def output():
-      found = result_files.find_attacks(rep.results, self.args.dataset)
+      found = result_files.find_attacks(rep.results, self.args.dataset, (model,))
       return {attack: result_files.run_id(result_files.load_verified_summary(
           result_files.characteristics_dir(dirs[model])))
-              for attack, dirs in sorted(found.items()) if model in dirs}
+              for attack, dirs in sorted(found.items())}
 
     return self.add('characteristics_%s%s' % (model, rep.suffix), upstream, lambda: (
         self.script('test_adv.py', '--mode=characteristics', '--results_dir=%s' % rep.results,

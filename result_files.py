@@ -252,11 +252,12 @@ def load_attack_round(directory, index):
   return out
 
 
-def find_attacks(results_dir, dataset):
-  """{attack: {'CE': dir, 'RCE': dir}} for every result folder of `dataset`.
+def find_attacks(results_dir, dataset, models=MODELS):
+  """{attack: {'CE': dir, 'RCE': dir}} for every result folder of `dataset` and `models`.
 
   A folder without its summary (an attack that was interrupted, or a rewrite that was) is a
-  ResultsError, not skipped: a table silently missing a row would look complete.
+  ResultsError, not skipped: a table silently missing a row would look complete. Folders of
+  other models are not looked at (they may be being written meanwhile).
   """
   if not os.path.isdir(results_dir):
     raise ResultsError('--results_dir=%s is not a folder' % results_dir)
@@ -265,7 +266,7 @@ def find_attacks(results_dir, dataset):
   for entry in sorted(os.listdir(results_dir)):
     if not entry.endswith(suffix) or entry.startswith('kernel_para'):
       continue
-    for model in MODELS:
+    for model in models:
       directory = os.path.join(results_dir, entry, model)
       if not os.path.isdir(directory):
         continue

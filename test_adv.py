@@ -252,9 +252,8 @@ def run_characteristics():
   this model under --results_dir, written into {attack folder}/characteristics/."""
   common_flags.require_flags('test_adv.py --mode=characteristics', 'log_root')
   model_name = result_files.model_name(FLAGS.RCE_train)
-  found = {a: dirs[model_name] for a, dirs in
-           result_files.find_attacks(FLAGS.results_dir, FLAGS.dataset).items()
-           if model_name in dirs}
+  found = {a: dirs[model_name] for a, dirs in result_files.find_attacks(
+      FLAGS.results_dir, FLAGS.dataset, (model_name,)).items()}
   if not found:
     raise result_files.ResultsError(
         'no attack results of the %s model for %s under --results_dir=%s; run test_adv.py '

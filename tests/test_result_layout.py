@@ -207,3 +207,15 @@ def test_summary_records_the_checksums_of_the_repeated_files(tmp_path):
     summary = json.load(f)
   for name in result_files.TEXT_FILES + ('nor_img.npy', 'adv_img.npy'):
     assert summary['files'][name] == io_utils.sha256_file(os.path.join(directory, name))
+
+
+def test_find_attacks_of_one_model_ignores_the_other_model_being_written(tmp_path):
+  """--mode=characteristics of CE runs while an RCE attack may still be writing its folder."""
+  (tmp_path / 'fgsm_mnist' / 'CE').mkdir(parents=True)
+  (tmp_path / 'fgsm_mnist' / 'RCE').mkdir(parents=True)  # no summary yet: being written
+  io_utils.atomic_write_json(str(tmp_path / 'fgsm_mnist' / 'CE' / result_files.SUMMARY),
+                             {'dataset': 'mnist', 'model': 'CE'})
+  found = result_files.find_attacks(str(tmp_path), 'mnist', ('CE',))
+  assert found == {'fgsm': {'CE': str(tmp_path / 'fgsm_mnist' / 'CE')}}
+  with pytest.raises(result_files.ResultsError, match='RCE: no summary.json'):
+    result_files.find_attacks(str(tmp_path), 'mnist')  # a table of both models: loud
