@@ -2,7 +2,7 @@
 
 Each setting runs the whole preset from scratch into its own fresh folder (data, training,
 every attack, detection), one after the other on the same machine, and its stage times are
-read back from stages.json. Tables 1-3 of the runs are compared: more jobs must change the
+read back from stages.json. Tables 1-5 of the runs are compared: more jobs must change the
 time, never the numbers (same seeds, same stages; only the scheduling differs).
 
     python benchmarks/reproduce_jobs.py                 # digits preset, --jobs=1 vs 2
@@ -23,7 +23,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TABLES = ('## Table 1', '## Table 2', '## Table 3')
+TABLES = ('## Table 1', '## Table 2', '## Table 3', '## Tables 4 and 5')
 
 
 def parse_args(argv=None):
@@ -36,7 +36,7 @@ def parse_args(argv=None):
 
 
 def table_sections(text):
-  """The Table 1-3 sections of a RESULTS.md, without the invocation's own wall time."""
+  """The Table 1-5 sections of a RESULTS.md, without the invocation's own wall time."""
   parts = re.split(r'^(## .*)$', text, flags=re.M)
   found = {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
   return {head: body for head, body in found.items() if head.startswith(TABLES)}
@@ -78,7 +78,7 @@ def main(argv=None):
   print('\nreproduce.py preset %s on %d CPU cores, from scratch, one run after the other:\n'
         % (args.preset, os.cpu_count() or 1))
   print('| --jobs | wall time (s) | sum of stage times (s) | speed-up vs --jobs=%d | '
-        'Tables 1-3 identical |' % jobs_list[0])
+        'Tables 1-5 identical |' % jobs_list[0])
   print('|---|---|---|---|---|')
   same = True
   for jobs in jobs_list:
