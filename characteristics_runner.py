@@ -92,10 +92,11 @@ class LayerModel(object):
     return self._run([self.pooled[layer_index]], images, batch_size)[0]
 
 
-def training_statistics(layer_model, images, labels, num_classes):
-  """{stats_key(...): array}: class means and shared precision of every layer (pooled)."""
+def training_statistics(names, pooled_outputs, labels, num_classes):
+  """{stats_key(...): array}: class means and shared precision of every layer, from its
+  pooled outputs on the training images (LayerModel.outputs(images, pooled=True))."""
   out = {}
-  for name, pooled in zip(layer_model.names, layer_model.outputs(images, pooled=True)):
+  for name, pooled in zip(names, pooled_outputs):
     means, precision = characteristics.class_statistics(pooled, labels, num_classes)
     out[stats_key('means', name)], out[stats_key('precision', name)] = means, precision
   return out

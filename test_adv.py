@@ -230,14 +230,15 @@ def run_kernel_para():
   out_dir = result_files.kernel_dir(FLAGS.dataset, FLAGS.results_dir)
   io_utils.check_writable_dir(out_dir, '--results_dir')
   layer_model = characteristics_runner.LayerModel(model)
-  _, features = model.outputs(images)
+  pooled = layer_model.outputs(images, pooled=True)  # one pass: every layer, the feature last
+  model.close()
+  features = pooled[layer_model.names.index('feature')]
   params = detect_report.kernel_params(features, labels, FLAGS.RCE_train,
                                        model.hps.num_classes, FLAGS.kernel_per_class,
                                        FLAGS.kernel_subset, FLAGS.seed)
   # Lee et al.'s class means and shared covariance of every layer, for --mode=characteristics.
-  params.update(characteristics_runner.training_statistics(layer_model, images, labels,
+  params.update(characteristics_runner.training_statistics(layer_model.names, pooled, labels,
                                                            model.hps.num_classes))
-  model.close()
   result_files.save_kernel_params(
       out_dir, FLAGS.RCE_train, features, labels, params,
       {'dataset': FLAGS.dataset, 'num_examples': len(features),

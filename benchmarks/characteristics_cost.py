@@ -69,7 +69,8 @@ def main(argv=None):
   adv = np.clip(normal + 0.1 * np.sign(rng.randn(*normal.shape)), -0.5, 0.5).astype(np.float32)
   model = _Model(args.units)
   plain = characteristics_runner.LayerModel(model)
-  stats_arrays = characteristics_runner.training_statistics(plain, train, train_labels, 10)
+  stats_arrays = characteristics_runner.training_statistics(
+      plain.names, plain.outputs(train, pooled=True), train_labels, 10)
   stats = {n: (stats_arrays[characteristics_runner.stats_key('means', n)],
                stats_arrays[characteristics_runner.stats_key('precision', n)])
            for n in plain.names}

@@ -209,7 +209,8 @@ def test_mahalanobis_preprocessing_moves_each_pixel_by_eps_and_raises_the_score(
   train = rng.uniform(-0.5, 0.5, (200, 28, 28, 1)).astype(np.float32)
   labels = np.arange(200) % 10
   plain = characteristics_runner.LayerModel(model)
-  stats_arrays = characteristics_runner.training_statistics(plain, train, labels, 10)
+  stats_arrays = characteristics_runner.training_statistics(
+      plain.names, plain.outputs(train, pooled=True), labels, 10)
   stats = {n: (stats_arrays['maha_means_' + n], stats_arrays['maha_precision_' + n])
            for n in plain.names}
   with model.graph.as_default():
