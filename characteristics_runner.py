@@ -79,12 +79,9 @@ class LayerModel(object):
     """[N, D_l] per layer: pooled (Mahalanobis) or flattened (LID) outputs of `images`."""
     return self._run(self.pooled if pooled else self.flat, images, batch_size)
 
-  def preprocessed(self, layer_index, images, eps, batch_size=100):
-    """Lee et al.'s step for one layer: clip(x + eps * sign(grad_x score_layer(x)))."""
-    return self._run([self.steps[layer_index]], images, batch_size, {self.eps: eps})[0]
-
   def preprocessed_all(self, images, eps, batch_size=100):
-    """The step of every layer at once (one forward pass shared by the gradients)."""
+    """Lee et al.'s step of every layer, clip(x + eps * sign(grad_x score_layer(x))), one
+    image set per layer (one forward pass shared by the gradients)."""
     return self._run(self.steps, images, batch_size, {self.eps: eps})
 
   def pooled_layer(self, layer_index, images, batch_size=100):

@@ -26,8 +26,7 @@ import detection
 DETECTORS = ('k_density', 'lid', 'mahalanobis')
 DETECTOR_NAMES = {'k_density': 'K-density', 'lid': 'LID', 'mahalanobis': 'Mahalanobis'}
 # Table 2's extra columns (metric keys next to detection.METRICS; higher = more normal).
-UNSUPERVISED = ('mahalanobis_feature', 'lid_feature')
-UNSUPERVISED_NAMES = {'mahalanobis_feature': 'Mahalanobis', 'lid_feature': 'LID'}
+UNSUPERVISED = ('mahalanobis_feature', 'lid_feature')  # titles: report_render.METRIC_NAMES
 TEST_FRACTION = 0.2
 VALIDATION_FRACTION = 0.25  # of the training part, to choose Mahalanobis' eps
 SEEN_ATTACK = 'fgsm'  # Table 5 trains on it

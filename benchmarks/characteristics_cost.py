@@ -77,7 +77,7 @@ def main(argv=None):
   with model.graph.as_default():
     layer_model = characteristics_runner.LayerModel(model, stats)
   model.outputs(normal[:args.batch_size])  # warm-up: graph optimization, thread pools
-  layer_model.preprocessed(0, normal[:args.batch_size], 0.001)
+  layer_model.preprocessed_all(normal[:args.batch_size], 0.001)
 
   times = {}
   _, times['forward pass (reference)'] = _timed(lambda: model.outputs(normal, args.batch_size))

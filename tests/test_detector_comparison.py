@@ -223,7 +223,7 @@ def test_mahalanobis_preprocessing_moves_each_pixel_by_eps_and_raises_the_score(
     # the statistics are Lee et al.'s: EmpiricalCovariance of the class-centred features
     before, _ = characteristics.mahalanobis_scores(pooled[li], means, precision)
     for eps in (0.0005, 0.002):
-      moved = layer_model.preprocessed(li, x, eps)
+      moved = layer_model.preprocessed_all(x, eps)[li]
       step = moved - x
       free = (moved > -0.5 + 1e-7) & (moved < 0.5 - 1e-7)
       moving = np.abs(step) > 0
