@@ -447,7 +447,8 @@ def test_table3_statistics_over_the_stated_subset():
 
 def test_registry():
   assert attacks.ATTACK_NAMES == ('random', 'fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2',
-                                  'carliniL2_highcon', 'carliniL2_specific')
+                                  'carliniL2_defaults', 'carliniL2_highcon',
+                                  'carliniL2_specific')
   for name in ('random', 'fgsm', 'bim', 'tgsm', 'jsma'):
     spec = attacks.get_attack(name)
     assert spec.info.swept and spec.info.cw_stages == () and callable(spec.build)
@@ -455,9 +456,11 @@ def test_registry():
   stages = {name: [(s.batch_size, s.max_iterations, s.binary_search_steps, s.initial_const,
                     s.confidence, s.learning_rate)
                    for s in attacks.get_attack(name).info.cw_stages]
-            for name in ('carliniL2', 'carliniL2_highcon', 'carliniL2_specific')}
+            for name in ('carliniL2', 'carliniL2_defaults', 'carliniL2_highcon',
+                         'carliniL2_specific')}
   assert stages == {
       'carliniL2': [(10, 10, 9, 1.0, 0.0, 0.01)],
+      'carliniL2_defaults': [(1, 10000, 9, 1e-3, 0.0, 0.01)],  # Carlini's l2_attack.py
       'carliniL2_highcon': [(10, 10000, 9, 1.0, 10.0, 0.01)],
       'carliniL2_specific': [(1, 5000, 3, 10.0, 5.0, 0.01), (1, 10000, 9, 100.0, 5.0, 0.01)]}
   assert not any(attacks.get_attack(n).info.swept or attacks.get_attack(n).build
@@ -465,9 +468,13 @@ def test_registry():
   assert [n for n in attacks.ATTACK_NAMES if attacks.get_attack(n).info.white_box] == [
       'carliniL2_specific']
   titles = [attack_names.title(n) for n in attacks.ATTACK_NAMES]
-  assert titles == ['Random', 'FGSM', 'BIM', 'ILCM', 'JSMA', 'C&W', 'C&W-hc', 'C&W-wb']
+  assert titles == ['Random', 'FGSM', 'BIM', 'ILCM', 'JSMA', 'C&W', "C&W (Carlini's defaults)",
+                    'C&W-hc', 'C&W-wb']
   assert attack_names.paper_attacks() == ['fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2',
                                           'carliniL2_highcon']
+  assert attack_names.paper_attacks(full=True) == ['fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2',
+                                                   'carliniL2_defaults', 'carliniL2_highcon']
+  assert [n for n in attacks.ATTACK_NAMES if attack_names.info(n).l0_noise] == ['jsma']
   assert attack_names.paper_attacks(white_box=True) == ['carliniL2_specific']
   assert attack_names.ordered(['zzz', 'carliniL2', 'fgsm']) == ['fgsm', 'carliniL2', 'zzz']
 
