@@ -6,10 +6,12 @@ Implements the detectors of
   * Lee et al., "A Simple Unified Framework for Detecting Out-of-Distribution Samples and
     Adversarial Attacks", NeurIPS 2018 (https://arxiv.org/abs/1807.03888): Mahalanobis score
     under class means and one shared covariance,
-and the protocol both papers evaluate them with: per-example characteristic vectors of the
-normal, noisy and adversarial versions of an image, a logistic regression trained on part of
-them, AUROC and TNR at 95% TPR on the rest. Adversarial is the positive class throughout, and a
-higher score means more adversarial (the opposite of detection.py's convention).
+and the pieces of their supervised evaluation: per-example characteristic vectors of the
+normal, noisy and adversarial versions of an image, a logistic regression over them, AUROC
+(both papers) and the detection rate at 5 % false positives on normal inputs (Lee et al.'s
+"TNR at TPR 95 %"). How the examples are split into a training and a test part is this
+suite's own choice (detect_characteristics.py). Adversarial is the label-1 class throughout,
+and a higher score means more adversarial (the opposite of detection.py's convention).
 
 No TensorFlow here: the caller extracts the layer outputs.
 """
@@ -51,7 +53,7 @@ def _as_rows(x):
 
 
 def _check_self_index(self_index, num_queries, num_reference):
-  """[Q] int64 self rows (-1 = none), validated; all -1 when `self_index` is None."""
+  """[Q] int64 excluded rows (-1 = none), validated; all -1 when `self_index` is None."""
   if self_index is None:
     return np.full(num_queries, -1, np.int64)
   self_index = np.asarray(self_index, np.int64).reshape(-1)
@@ -65,13 +67,10 @@ def _check_self_index(self_index, num_queries, num_reference):
 
 
 def _neighbour_distances(queries, reference, self_index, k):
-  """[Q, k] ascending distances to the k nearest reference rows, each query's self excluded."""
+  """[Q, k] ascending distances to the k nearest reference rows, each query's own row
+  (`self_index`, -1 for none) excluded by index, whatever its distance."""
   d = cdist(queries, reference)
   own = np.flatnonzero(self_index >= 0)
-  differs = own[d[own, self_index[own]] != 0]
-  if differs.size:
-    raise ValueError('self_index names reference row %d for a query that differs from it'
-                     % self_index[differs[0]])
   d[own, self_index[own]] = np.inf
   return np.sort(np.partition(d, k - 1, axis=1)[:, :k], axis=1)
 
@@ -97,10 +96,11 @@ def lid_mle(queries, reference, k, self_index=None):
   LID(x) = -((1/k) * sum_{i=1..k} log(d_i(x) / d_k(x)))^-1, with d_1 <= ... <= d_k the
   Euclidean distances from x to its k nearest rows of `reference` (rows flattened, float64).
 
-  Neighbours: the reference code of Ma et al. (`mle_batch`) drops the nearest neighbour of
-  every query (`[:, 1:k+1]`), which is right only for a query that is itself in the reference
-  batch. Here only the row named by `self_index` is dropped; a query outside the reference
-  keeps its very nearest row among its k neighbours.
+  Neighbours: the row named by `self_index` is left out by index: the query itself when it
+  is in the reference, or the clean image an adversarial or noisy query was made from. The
+  reference code of Ma et al. (`mle_batch`) drops each query's nearest row (`[:, 1:k+1]`),
+  which in their setting is almost always that same row; here it is exactly that row. A
+  query with no own row (-1) keeps its very nearest row among its k neighbours.
 
   Distances come from scipy's cdist (exact: a query's own row is at distance 0), 1024 queries
   at a time, so memory is the float64 inputs plus 1024 x R distances.
@@ -116,8 +116,8 @@ def lid_mle(queries, reference, k, self_index=None):
     queries: [Q, ...] query points.
     reference: [R, ...] reference points, the same size once flattened.
     k: number of neighbours, >= 1.
-    self_index: optional [Q] int; self_index[i] is the reference row that is query i, or -1.
-      That row is not a neighbour of query i (it must equal the query exactly).
+    self_index: optional [Q] int; self_index[i] is the reference row query i was made from
+      (itself, or its clean image), or -1. That row is never a neighbour of query i.
 
   Returns:
     [Q] float64 LID estimates.
@@ -179,8 +179,10 @@ def lid_characteristics(normal_layers, other_layers, k=20, batch_size=100):
 
   Examples are cut into consecutive minibatches (`minibatch_bounds`: chunks of `batch_size`,
   a last chunk of <= k examples merged into the one before). In each minibatch and layer, the
-  reference is the minibatch's normal examples: a normal example's LID excludes itself, and
-  the other sets' LIDs (e.g. adversarial, noisy) are taken against the same normal rows.
+  reference is the minibatch's normal examples, and query i of every set (normal,
+  adversarial, noisy) leaves out reference row i, its own clean image, by index: a noisy or
+  adversarial query's distance to the image it was made from is the size of the perturbation
+  in that layer, not the local geometry the estimate is after.
 
   Args:
     normal_layers: list over layers of [N, ...] arrays (flattened per example).
@@ -197,7 +199,7 @@ def lid_characteristics(normal_layers, other_layers, k=20, batch_size=100):
   out = {name: np.empty((n, num_layers)) for name in names}
   for start, stop in minibatch_bounds(n, batch_size, k):
     m = stop - start
-    self_index = np.concatenate([np.arange(m)] + [np.full(m, -1)] * (len(names) - 1))
+    self_index = np.tile(np.arange(m), len(names))
     for layer, normal in enumerate(normal_layers):
       ref = _as_rows(normal[start:stop])
       queries = [ref] + [_as_rows(other_layers[name][layer][start:stop]) for name in names[1:]]
@@ -304,38 +306,89 @@ def _noise_scale(images, noise, target, clip_min, clip_max):
   raise RuntimeError('noise scale search did not converge (target %g)' % target)
 
 
-def noisy_copies(images, target_mean_l2, seed, clip_min=-0.5, clip_max=0.5):
+def _check_range(x, clip_min, clip_max):
+  if x.size and (x.min() < clip_min or x.max() > clip_max):
+    raise ValueError('images must lie in [%g, %g], got %g..%g'
+                     % (clip_min, clip_max, x.min(), x.max()))
+
+
+def noisy_copies(images, target_mean_l2, seed, clip_min=-0.5, clip_max=0.5, match=None):
   """Gaussian-noise copies of `images` whose mean L2 distortion equals `target_mean_l2`.
 
   The "noisy" negatives of Ma et al.: clip(image + s * n) with n ~ N(0, 1) per pixel from
-  RandomState(seed) and one global scale s for all images. Clipping shrinks the noise, so s is
-  searched (`_noise_scale`: doubling then bisection) until the mean over images of
-  ||noisy - image||_2, computed in float64 before the float32 cast, is within a relative 1e-3
-  of the target. A target of 0 returns the images unchanged.
+  RandomState(seed) and one global scale s for all images. (Ma et al.'s code draws the noise
+  at a fixed, hand-tuned standard deviation per data set and attack; matching the adversarial
+  examples' mean L2 is this suite's rule.) Clipping shrinks the noise, so s is searched
+  (`_noise_scale`: doubling then bisection) until the mean of ||noisy - image||_2 over the
+  images of `match`, computed in float64 before the float32 cast, is within a relative 1e-3
+  of the target. Every image gets noise at that scale. A target of 0 returns the images
+  unchanged.
 
   Args:
     images: [N, ...] float images inside [clip_min, clip_max].
-    target_mean_l2: mean L2 distortion wanted, >= 0 (typically the adversarial examples').
+    target_mean_l2: mean L2 distortion wanted, >= 0 (the kept adversarial examples').
     seed: seed of the noise; the same seed gives the same copies.
     clip_min, clip_max: pixel range.
+    match: optional [N] bool, the images whose mean L2 is matched (e.g. the examples the
+      attack succeeded on); None (or no True entry) matches the mean over all images.
 
   Returns:
     [N, ...] float32 noisy images in [clip_min, clip_max].
 
   Raises:
-    ValueError: negative or unreachable target, or images outside the range.
+    ValueError: negative or unreachable target, images outside the range, a bad `match`.
   """
   x = np.asarray(images, np.float64)
   if target_mean_l2 < 0:
     raise ValueError('target_mean_l2 must be >= 0, got %g' % target_mean_l2)
-  if x.size and (x.min() < clip_min or x.max() > clip_max):
-    raise ValueError('images must lie in [%g, %g], got %g..%g'
-                     % (clip_min, clip_max, x.min(), x.max()))
+  _check_range(x, clip_min, clip_max)
   if target_mean_l2 == 0 or x.size == 0:
     return np.array(images, np.float32)
+  rows = np.arange(x.shape[0])
+  if match is not None:
+    match = np.asarray(match, bool).reshape(-1)
+    if match.size != x.shape[0]:
+      raise ValueError('match has %d entries for %d images' % (match.size, x.shape[0]))
+    if match.any():
+      rows = np.flatnonzero(match)
   noise = np.random.RandomState(seed).standard_normal(x.shape)
-  scale = _noise_scale(x, noise, float(target_mean_l2), clip_min, clip_max)
+  scale = _noise_scale(x[rows], noise[rows], float(target_mean_l2), clip_min, clip_max)
   return np.clip(x + scale * noise, clip_min, clip_max).astype(np.float32)
+
+
+def l0_noisy_copies(images, adversarial, seed, clip_max=0.5):
+  """L0-noise copies for an L0 attack (JSMA), as Feinman et al.'s and Ma et al.'s `flip`.
+
+  Per image, as many pixels as the attack changed in it (adversarial != image), drawn at
+  random among the pixels below `clip_max`, are set to `clip_max`, the top of the image range
+  (Ma et al.'s CLIP_MAX). The pixels are drawn without replacement, so a copy differs from
+  its image in exactly that many pixels (the reference draws with replacement, so at most
+  that many); when fewer pixels lie below `clip_max`, all of them are set.
+
+  Args:
+    images: [N, ...] float clean images, at most `clip_max`.
+    adversarial: [N, ...] the attack's images of them (only which pixels differ is used).
+    seed: seed of RandomState drawing the pixels.
+    clip_max: the value the chosen pixels take.
+
+  Returns:
+    [N, ...] float32 noisy images.
+  """
+  x = np.array(images, np.float64)
+  adv = np.asarray(adversarial)
+  if adv.shape != x.shape:
+    raise ValueError('adversarial has shape %s, images %s' % (adv.shape, x.shape))
+  if x.size and x.max() > clip_max:
+    raise ValueError('images must be at most %g, got %g' % (clip_max, x.max()))
+  flat = x.reshape(x.shape[0], -1)
+  changed = (adv != x).reshape(x.shape[0], -1).sum(axis=1)
+  candidate = flat < clip_max
+  # A random order of each image's candidate pixels (the others last): the first `changed`
+  # of them are a uniform draw without replacement.
+  keys = np.where(candidate, np.random.RandomState(seed).random_sample(flat.shape), np.inf)
+  rank = np.argsort(np.argsort(keys, axis=1, kind='stable'), axis=1, kind='stable')
+  flat[candidate & (rank < changed[:, None])] = clip_max
+  return flat.reshape(x.shape).astype(np.float32)
 
 
 # ---- Metrics and the supervised protocol -------------------------------------------------
@@ -351,42 +404,58 @@ def _min_count(n, fraction):
   return m
 
 
-def tnr_at_tpr(scores_pos, scores_neg, tpr=0.95):
-  """True-negative rate at the threshold that keeps a true-positive rate of at least `tpr`.
+def fpr_threshold(scores_normal, fpr=0.05):
+  """The threshold that accepts at least 1 - `fpr` of the normal examples.
 
-  Positives are adversarial, and a higher score is more adversarial. A score >= t is flagged.
-  The threshold t is the largest one with #{pos >= t} / n_pos >= tpr, i.e. the m-th largest
-  positive score with m the smallest count reaching tpr. Ties: every positive equal to t is
-  flagged (so the actual TPR can exceed tpr), and every negative equal to t is flagged too,
-  so TNR = #{neg < t} / n_neg counts ties against the detector.
+  Scores are oriented higher = more adversarial; a score <= t is accepted, a score > t
+  flagged. t is the m-th smallest normal score, m the smallest count with m / n >= 1 - fpr,
+  so that the share of normal examples flagged (the false-positive rate) is at most `fpr`
+  (below it when normal scores tie at t, which are all accepted).
 
   Args:
-    scores_pos: [n_pos] scores of the adversarial examples.
-    scores_neg: [n_neg] scores of the normal (and noisy) examples.
-    tpr: wanted true-positive rate in (0, 1].
+    scores_normal: [n] scores of the normal (and noisy) examples, n >= 1, no NaN.
+    fpr: the false-positive rate allowed, in [0, 1).
 
   Returns:
-    TNR as a float, or None when either side is empty.
+    t as a float.
+  """
+  if not 0 <= fpr < 1:
+    raise ValueError('fpr must lie in [0, 1), got %r' % (fpr,))
+  normal = np.asarray(scores_normal, np.float64).reshape(-1)
+  if normal.size == 0 or np.isnan(normal).any():
+    raise ValueError('fpr_threshold needs at least one normal score and no NaN')
+  return float(np.sort(normal)[_min_count(normal.size, 1.0 - fpr) - 1])
+
+
+def detected_at_fpr(scores_normal, scores_adv, fpr=0.05):
+  """Share of adversarial examples flagged at the threshold that flags `fpr` of the normal.
+
+  This is Lee et al.'s "TNR at TPR 95 %" (their calculate_log.py): their positives are the
+  normal and noisy examples, the threshold accepts 95 % of them, and the TNR is the share of
+  adversarial examples rejected there, i.e. the detection rate at 5 % false positives on
+  normal inputs. Threshold and ties as `fpr_threshold`: a normal example scoring exactly t
+  is accepted, and so is an adversarial one (a tie counts against the detector). Lee et al.
+  take the sweep point whose TPR is closest to 95 %, which can lie below it; here at least
+  95 % of the normal examples are accepted.
+
+  Args:
+    scores_normal: [n_normal] scores of the normal (and noisy) examples.
+    scores_adv: [n_adv] scores of the adversarial examples.
+    fpr: false-positive rate in [0, 1), 0.05 for Lee et al.'s quantity.
+
+  Returns:
+    The detection rate as a float, or None when either side is empty.
 
   Raises:
-    ValueError: tpr outside (0, 1], or a NaN score.
+    ValueError: fpr outside [0, 1), or a NaN score.
   """
-  if not 0 < tpr <= 1:
-    raise ValueError('tpr must lie in (0, 1], got %r' % (tpr,))
-  pos = np.asarray(scores_pos, np.float64).reshape(-1)
-  neg = np.asarray(scores_neg, np.float64).reshape(-1)
-  if pos.size == 0 or neg.size == 0:
+  normal = np.asarray(scores_normal, np.float64).reshape(-1)
+  adv = np.asarray(scores_adv, np.float64).reshape(-1)
+  if normal.size == 0 or adv.size == 0:
     return None
-  if np.isnan(pos).any() or np.isnan(neg).any():
-    raise ValueError('tnr_at_tpr got NaN scores')
-  return float(np.mean(neg < tpr_threshold(pos, tpr)))
-
-
-def tpr_threshold(scores_pos, tpr=0.95):
-  """The threshold of `tnr_at_tpr`: the m-th largest positive score, m the smallest count
-  with m / n_pos >= tpr (a score >= it is flagged)."""
-  pos = np.asarray(scores_pos, np.float64).reshape(-1)
-  return np.sort(pos)[::-1][_min_count(pos.size, tpr) - 1]
+  if np.isnan(adv).any():
+    raise ValueError('detected_at_fpr got NaN scores')
+  return float(np.mean(adv > fpr_threshold(normal, fpr)))
 
 
 def stratified_split(labels, test_fraction=0.2, seed=0):
@@ -455,6 +524,9 @@ def _logistic_regression_cv(folds, seed):
 def supervised_detector(x_train, y_train, x_test, y_test, min_max=False, seed=0):
   """Fits the logistic-regression detector of Ma et al. / Lee et al. and scores the test part.
 
+  Both papers fit scikit-learn's LogisticRegressionCV on the characteristics (Ma et al. with a
+  MinMax scaling first); which examples form the training part is the caller's choice.
+
   Pipeline: optional MinMaxScaler, then LogisticRegressionCV (L2, accuracy-selected C,
   stratified 5-fold CV, fewer folds when the smallest class has fewer examples).
 
@@ -465,9 +537,9 @@ def supervised_detector(x_train, y_train, x_test, y_test, min_max=False, seed=0)
     seed: random_state of the regression.
 
   Returns:
-    {'auroc', 'tnr_at_tpr95', 'scores' (test decision scores, higher = more adversarial),
-    'model' (the fitted pipeline)}; or {'auroc': None, 'tnr_at_tpr95': None, 'reason'} when
-    a part has only one class.
+    {'auroc', 'detected_at_fpr5' (`detected_at_fpr` at 5 %), 'scores' (test decision
+    scores, higher = more adversarial), 'model' (the fitted pipeline)}; or {'auroc': None,
+    'detected_at_fpr5': None, 'reason'} when a part has only one class.
   """
   x_train, x_test = _as_rows(x_train), _as_rows(x_test)
   y_train = np.asarray(y_train, np.int64).reshape(-1)
@@ -476,12 +548,12 @@ def supervised_detector(x_train, y_train, x_test, y_test, min_max=False, seed=0)
     raise ValueError('labels must be 0 (normal/noisy) or 1 (adversarial)')
   reason = _unfit_reason(y_train, y_test)
   if reason:
-    return {'auroc': None, 'tnr_at_tpr95': None, 'reason': reason}
+    return {'auroc': None, 'detected_at_fpr5': None, 'reason': reason}
   folds = int(min(_CV_FOLDS, np.bincount(y_train).min()))
   steps = ([('min_max', MinMaxScaler())] if min_max else []) + [
       ('logistic', _logistic_regression_cv(folds, seed))]
   model = Pipeline(steps).fit(x_train, y_train)
   scores = model.decision_function(x_test)
   return {'auroc': float(roc_auc_score(y_test, scores)),
-          'tnr_at_tpr95': tnr_at_tpr(scores[y_test == 1], scores[y_test == 0], 0.95),
+          'detected_at_fpr5': detected_at_fpr(scores[y_test == 0], scores[y_test == 1], 0.05),
           'scores': scores, 'model': model}

@@ -1,14 +1,16 @@
 """test_adv.py --mode=characteristics: LID and Mahalanobis characteristics of attack results.
 
 For one model and each of its attack result folders, per example, for the normal image, the
-adversarial image (the eps round detect reports) and a noisy copy of the normal image (Gaussian
-noise with the adversarial examples' mean L2, as Ma et al.):
+adversarial image (the eps round detect reports) and a noisy copy of the normal image (Ma et
+al.'s negatives: Gaussian noise with the mean L2 of the attack's successful examples; for an L0
+attack, JSMA, as many random pixels set to the image maximum as the attack changed):
   * LID (Ma et al. 2018) of every layer output (flattened) within minibatches of normal
     examples (characteristics.lid_characteristics);
   * the Mahalanobis score (Lee et al. 2018) of every layer output, globally average-pooled,
     under the class means and shared covariance of the training set (made by
     --mode=kernel_para, kept in the kernel file), after Lee et al.'s input pre-processing
-    x + eps * sign(grad_x score) for each eps of MAHALANOBIS_EPS (0: none);
+    x + eps * sign(grad_x score) for each eps of MAHALANOBIS_EPS (0: none), not clipped to
+    the image range (as Lee et al.: the step is part of the detector, not an image);
   * the noisy copies' prediction logits and feature, for their K-density.
 They go into {attack folder}/characteristics/ (npz without pickle, summary with provenance and
 checksums), tied to the attack folder's and the kernel's run ids.
@@ -19,6 +21,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+import attack_names
 import attacks
 import characteristics
 import detection
@@ -44,7 +47,14 @@ def _pooled(layer):
 
 class LayerModel(object):
   """The restored model's layer outputs, pooled and flat, and per layer Lee et al.'s input
-  pre-processing step, built once in the model's graph (before it is finalized)."""
+  pre-processing step, built once in the model's graph (before it is finalized).
+
+  The step is Lee et al.'s (lib_generation.py): every pixel moves by exactly eps, up where
+  the score's gradient is positive and down elsewhere (their torch.ge(grad, 0) of the
+  distance's gradient maps a zero gradient to a step down too), and it is not clipped to the
+  image range. Their step of eps divided by the normalization's standard deviation is a step
+  of eps in pixel units, which is what the [-0.5, 0.5] input of this network is.
+  """
 
   def __init__(self, model, stats=None):
     """`stats`: {layer: (means [K, D], precision [D, D])} for the pre-processing steps."""
@@ -64,8 +74,8 @@ class LayerModel(object):
         score = tf.reduce_max(-0.5 * tf.reduce_sum(
             tf.einsum('bkd,de->bke', diff, precision) * diff, axis=-1), axis=1)
         grad = tf.gradients(tf.reduce_sum(score), model.images)[0]
-        self.steps.append(tf.clip_by_value(model.images + self.eps * tf.sign(grad),
-                                           attacks.gradient.CLIP_MIN, attacks.gradient.CLIP_MAX))
+        direction = tf.where(grad > 0, tf.ones_like(grad), -tf.ones_like(grad))
+        self.steps.append(model.images + self.eps * direction)
 
   def _run(self, fetches, images, batch_size, feed=None):
     out = []
@@ -80,8 +90,8 @@ class LayerModel(object):
     return self._run(self.pooled if pooled else self.flat, images, batch_size)
 
   def preprocessed_all(self, images, eps, batch_size=100):
-    """Lee et al.'s step of every layer, clip(x + eps * sign(grad_x score_layer(x))), one
-    image set per layer (one forward pass shared by the gradients)."""
+    """Lee et al.'s step of every layer, x +- eps per pixel along grad_x score_layer(x) (not
+    clipped), one image set per layer (one forward pass shared by the gradients)."""
     return self._run(self.steps, images, batch_size, {self.eps: eps})
 
   def pooled_layer(self, layer_index, images, batch_size=100):
@@ -133,10 +143,15 @@ def attack_characteristics(layer_model, stats, directory, eps_round, k, lid_batc
   adv = np.load(os.path.join(directory, 'adv_img.npy'), allow_pickle=False)[index]
   l2 = attacks.l2_per_example(adv, normal)
   keep = detection.kept_mask(data['labels_true'], data['labels_nor'], data['labels_adv'])
-  # The noise has the mean L2 of the attack's successful examples (all, if none succeeded).
-  noise_l2 = float(np.mean(l2[keep] if keep.any() else l2))
-  noisy = characteristics.noisy_copies(normal, noise_l2, seed, attacks.gradient.CLIP_MIN,
-                                       attacks.gradient.CLIP_MAX)
+  counted = keep if keep.any() else np.ones_like(keep)  # all, if no attack succeeded
+  l0_noise = attack_names.info(summary['attack']).l0_noise
+  if l0_noise:
+    noisy = characteristics.l0_noisy_copies(normal, adv, seed, attacks.gradient.CLIP_MAX)
+  else:  # the successful examples' noisy copies have their mean L2
+    noisy = characteristics.noisy_copies(normal, float(np.mean(l2[counted])), seed,
+                                         attacks.gradient.CLIP_MIN, attacks.gradient.CLIP_MAX,
+                                         match=counted)
+  noise_l2 = float(np.mean(attacks.l2_per_example(noisy, normal)[counted]))
   images = {'normal': normal, 'adv': adv, 'noisy': noisy}
   flat = {s: layer_model.outputs(images[s], pooled=False, batch_size=batch_size)
           for s in SETS}
@@ -150,6 +165,7 @@ def attack_characteristics(layer_model, stats, directory, eps_round, k, lid_batc
     arrays['mahalanobis_' + s] = mahalanobis_all(layer_model, stats, images[s], batch_size)
   logits, feature = layer_model.model.outputs(noisy, batch_size)
   arrays['noisy_logits'], arrays['noisy_feature'] = logits, feature
-  facts = {'eps_round_index': index, 'eps': summary['eps'][index], 'noise_mean_l2': noise_l2,
+  facts = {'eps_round_index': index, 'eps': summary['eps'][index],
+           'noise': 'l0' if l0_noise else 'gaussian', 'noise_mean_l2': noise_l2,
            'num_examples': len(normal), 'attack_run_id': result_files.run_id(summary)}
   return arrays, facts

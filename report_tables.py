@@ -14,6 +14,11 @@ import numpy as np
 # A cell with no result (the detect table's '-'), as opposed to None: not computable (n/c).
 MISSING = '-'
 NOT_COMPUTABLE = 'n/c'
+# The footnote of Table 2's success columns (report_render writes them, reproduce reads them).
+TABLE2_SUCCESS_NOTE = ('success: the attack\'s success rate, the share of the clean-correct '
+                       'images (classified correctly) whose adversarial image is misclassified '
+                       '(- when no image is classified correctly); these are the kept examples, '
+                       'over which the AUCs are computed.')
 
 
 class Table(object):
@@ -140,6 +145,15 @@ def _parse(cell):
 
 
 def table2_from_csv(text):
-  """Table 2 from the detect folder's table2.csv."""
-  return from_csv('Table 2', text,
-                  ['n/c: not computable (fewer than two kept examples or only one class).'])
+  """Table 2 from the detect folder's table2.csv: AUCs, kept counts and success rates.
+
+  The success columns are fractions in [0, 1] ('%.4f'), empty (missing) where a model had no
+  clean-correct image; the notes define them when the CSV has them (older ones do not).
+  """
+  notes = ['n/c: not computable (fewer than two kept examples or only one class).']
+  if any(h.startswith('success ') for h in next(csv.reader(io.StringIO(text)), [])):
+    notes.append(TABLE2_SUCCESS_NOTE)
+  table = from_csv('Table 2', text, notes)
+  # a rate, not a count, even when every seed's value happens to be written as 0 or 1
+  table.columns = [(h, '%.4f' if h.startswith('success ') else fmt) for h, fmt in table.columns]
+  return table

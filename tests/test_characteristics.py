@@ -71,8 +71,6 @@ def test_lid_too_few_reference_rows_raises():
 def test_lid_bad_arguments_raise():
   rng = np.random.RandomState(0)
   reference = rng.randn(10, 4)
-  with pytest.raises(ValueError, match='differs'):
-    ch.lid_mle(reference[:2] + 1.0, reference, 3, self_index=[0, 1])
   with pytest.raises(ValueError, match='self_index has 1 entries'):
     ch.lid_mle(reference[:2], reference, 3, self_index=[0])
   with pytest.raises(ValueError, match='self_index must lie'):
@@ -81,6 +79,41 @@ def test_lid_bad_arguments_raise():
     ch.lid_mle(rng.randn(2, 5), reference, 3)
   with pytest.raises(ValueError, match='positive integer'):
     ch.lid_mle(reference, reference, 0)
+
+
+def test_lid_excludes_the_own_row_of_a_query_that_differs_from_it():
+  rng = np.random.RandomState(2)
+  reference = rng.randn(30, 6)
+  queries = reference[:3] + 0.05 * rng.randn(3, 6)  # perturbed copies of rows 0, 1, 2
+  got = ch.lid_mle(queries, reference, 8, self_index=[0, 1, 2])
+  want = [brute_lid(q, reference, 8, exclude=i) for i, q in enumerate(queries)]
+  np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def test_lid_of_a_perturbed_query_is_the_lid_of_its_clean_point():
+  """The issue's worked example: 100 points of N(0, I) in 50 dimensions, queries x_i + delta_i
+  with ||delta_i|| = 1.5 (the median neighbour distance is about 10). Keeping x_i among the
+  neighbours makes d_1 the perturbation's size and pulls the LID down to about a third;
+  leaving out row i by index gives the LID of x_i itself. Single estimates scatter by about
+  10 % at k = 20, so the means over the 100 queries are compared.
+
+  The issue quoted about 5.9 / 12.2 / 12.0 for one query; with this seed the means are about
+  7.5 (kept) / 22 (excluded) / 22 (clean), the same picture."""
+  rng = np.random.RandomState(0)
+  reference = rng.randn(100, 50)
+  delta = rng.randn(100, 50)
+  queries = reference + 1.5 * delta / np.linalg.norm(delta, axis=1, keepdims=True)
+  k, own = 20, np.arange(100)
+  assert 9.0 < np.median(np.linalg.norm(reference[1:] - reference[0], axis=1)) < 11.0
+  clean = ch.lid_mle(reference, reference, k, self_index=own)
+  excluded = ch.lid_mle(queries, reference, k, self_index=own)
+  kept = ch.lid_mle(queries, reference, k)
+  assert excluded.mean() == pytest.approx(clean.mean(), rel=0.05)
+  assert kept.mean() < 0.5 * clean.mean()  # the old rule's bias the exclusion removes
+  # Ma et al.'s mle_batch drops each query's nearest row, which here is its own row.
+  d = np.sort(np.linalg.norm(queries[:, None] - reference[None], axis=2), axis=1)[:, 1:k + 1]
+  np.testing.assert_allclose(excluded, -1.0 / np.mean(np.log(d / d[:, -1:]), axis=1),
+                             rtol=1e-10)
 
 
 def test_lid_duplicates_give_no_nan():
@@ -115,8 +148,8 @@ def hand_lid(normal_layers, other_layers, k, bounds):
       ref = normal[start:stop]
       for i in range(stop - start):
         out['normal'][start + i, layer] = brute_lid(ref[i], ref, k, exclude=i)
-        for name, layers in other_layers.items():
-          out[name][start + i, layer] = brute_lid(layers[layer][start + i], ref, k)
+        for name, layers in other_layers.items():  # each leaves out its own clean image
+          out[name][start + i, layer] = brute_lid(layers[layer][start + i], ref, k, exclude=i)
   return out
 
 
@@ -149,8 +182,8 @@ def test_lid_characteristics_one_batch_equals_lid_mle():
     np.testing.assert_array_equal(
         got['normal'][:, layer],
         ch.lid_mle(normal[layer], normal[layer], 7, self_index=np.arange(40)))
-    np.testing.assert_array_equal(got['adv'][:, layer],
-                                  ch.lid_mle(adv[layer], normal[layer], 7))
+    np.testing.assert_array_equal(
+        got['adv'][:, layer], ch.lid_mle(adv[layer], normal[layer], 7, self_index=np.arange(40)))
 
 
 def test_lid_characteristics_bad_arguments_raise():
@@ -223,6 +256,46 @@ def test_noisy_copies_hit_target_and_stay_in_range(target):
   assert not np.array_equal(ch.noisy_copies(images, target, seed=2), noisy)
 
 
+def test_noisy_copies_match_the_kept_examples_mean():
+  rng = np.random.RandomState(4)
+  images = rng.uniform(-0.5, 0.5, size=(30, 5, 5)).astype(np.float32)
+  images[:10] = np.where(images[:10] > 0, 0.5, -0.5)  # on the bounds: clipping differs
+  keep = np.zeros(30, bool)
+  keep[:12] = True
+  noisy = ch.noisy_copies(images, 1.5, seed=0, match=keep)
+  assert abs(mean_l2(noisy[keep], images[keep]) - 1.5) <= 1.01e-3 * 1.5
+  assert abs(mean_l2(noisy, images) - 1.5) > 0.01  # not the mean over all images
+  np.testing.assert_array_equal(noisy, ch.noisy_copies(images, 1.5, seed=0, match=keep))
+  # No kept example: the mean over all images.
+  every = ch.noisy_copies(images, 1.5, seed=0, match=np.zeros(30, bool))
+  assert abs(mean_l2(every, images) - 1.5) <= 1.01e-3 * 1.5
+  with pytest.raises(ValueError, match='match has 3 entries'):
+    ch.noisy_copies(images, 1.5, seed=0, match=[True] * 3)
+
+
+def test_l0_noisy_copies_flip_as_many_pixels_as_the_attack_changed():
+  rng = np.random.RandomState(5)
+  images = rng.uniform(-0.5, 0.5, size=(8, 6, 6, 1)).astype(np.float32)
+  images[0, :3] = 0.5  # already at the maximum: never a candidate
+  adv = images.copy()
+  changed = [0, 1, 5, 17, 2, 9, 33, 0]
+  for i, count in enumerate(changed):
+    flat = adv[i].reshape(-1)
+    flat[rng.choice(flat.size, count, replace=False)] += 0.25
+  noisy = ch.l0_noisy_copies(images, adv, seed=0)
+  assert noisy.dtype == np.float32 and noisy.shape == images.shape
+  differs = (noisy != images).reshape(8, -1)
+  np.testing.assert_array_equal(differs.sum(axis=1), changed)  # without replacement: exactly
+  assert np.all(noisy.reshape(8, -1)[differs] == 0.5)  # each at the image maximum
+  np.testing.assert_array_equal(ch.l0_noisy_copies(images, adv, seed=0), noisy)
+  assert not np.array_equal(ch.l0_noisy_copies(images, adv, seed=1), noisy)
+  # More changed pixels than candidates: every candidate is set.
+  few = np.full((1, 4, 4, 1), 0.5, np.float32)
+  few[0, 0, :2] = 0.0
+  all_set = ch.l0_noisy_copies(few, few - 0.1, seed=0)
+  np.testing.assert_array_equal(all_set, np.full_like(few, 0.5))
+
+
 def test_noisy_copies_edge_cases():
   images = np.random.RandomState(0).uniform(-0.5, 0.5, size=(5, 4, 4)).astype(np.float32)
   np.testing.assert_array_equal(ch.noisy_copies(images, 0.0, seed=0), images)
@@ -237,39 +310,61 @@ def test_noisy_copies_edge_cases():
   assert abs(mean_l2(unit, images + 0.5) - 1.0) <= 1.01e-3
 
 
-# ---- TNR at TPR --------------------------------------------------------------------------
+# ---- Detection at a false-positive rate (Lee et al.'s TNR at TPR 95 %) -------------------
 
 
-def brute_tnr(pos, neg, tpr):
-  """Tries every candidate threshold; keeps the largest with TPR >= tpr."""
-  best = -np.inf
-  for t in np.concatenate([pos, neg, [np.inf]]):
-    if np.mean(pos >= t) >= tpr and t > best:
+def brute_detected(normal, adv, fpr):
+  """Tries every candidate threshold; keeps the smallest accepting >= 1 - fpr of the normal
+  (a score <= t is accepted), and counts the adversarial scores above it."""
+  best = np.inf
+  for t in np.concatenate([normal, adv]):
+    if np.mean(normal <= t) >= 1 - fpr and t < best:
       best = t
-  return np.mean(neg < best)
+  return np.mean(adv > best)
 
 
 @pytest.mark.parametrize('seed', range(6))
-@pytest.mark.parametrize('tpr', [0.95, 0.9, 0.5, 1.0, 0.01])
-def test_tnr_at_tpr_matches_brute_force_with_ties(seed, tpr):
+@pytest.mark.parametrize('fpr', [0.05, 0.1, 0.5, 0.0, 0.99])
+def test_detected_at_fpr_matches_brute_force_with_ties(seed, fpr):
   rng = np.random.RandomState(seed)
   for _ in range(20):
-    pos = rng.randint(0, 6, size=rng.randint(1, 60)).astype(np.float64)
-    neg = rng.randint(0, 6, size=rng.randint(1, 60)).astype(np.float64)
-    assert ch.tnr_at_tpr(pos, neg, tpr) == brute_tnr(pos, neg, tpr)
+    normal = rng.randint(0, 6, size=rng.randint(1, 60)).astype(np.float64)
+    adv = rng.randint(0, 6, size=rng.randint(1, 60)).astype(np.float64)
+    assert ch.detected_at_fpr(normal, adv, fpr) == brute_detected(normal, adv, fpr)
+    threshold = ch.fpr_threshold(normal, fpr)
+    assert np.mean(normal > threshold) <= fpr  # never more false positives than allowed
 
 
-def test_tnr_at_tpr_exact_cases():
-  assert ch.tnr_at_tpr(np.full(7, 3.0), np.full(5, 3.0)) == 0.0  # all equal: ties flagged
-  assert ch.tnr_at_tpr([1, 2, 3], [0, 0]) == 1.0
-  # 0.95 * 100 is 95.00000000000001 in floats: still 95 positives suffice, threshold 5.
-  pos = np.arange(100.0)
-  assert ch.tnr_at_tpr(pos, pos + 0.5) == brute_tnr(pos, pos + 0.5, 0.95) == 0.05
-  assert ch.tnr_at_tpr([], [1.0]) is None and ch.tnr_at_tpr([1.0], []) is None
+def test_detected_at_fpr_is_lees_quantity_not_the_reverse():
+  """The issue's worked example: 200 normal scores uniform on (0, 1); 90 adversarial at 5.0
+  and 10 uniform on (0, 1). The threshold accepts 95 % of the normal (about 0.95): the 90 far
+  ones and about one in twenty of the rest are detected. The old function (95 % of the
+  adversarial flagged, share of normal accepted) gave about 0.45."""
+  rng = np.random.RandomState(0)
+  normal = rng.uniform(size=200)
+  adv = np.concatenate([np.full(90, 5.0), rng.uniform(size=10)])
+  got = ch.detected_at_fpr(normal, adv, 0.05)
+  assert got == brute_detected(normal, adv, 0.05)
+  assert 0.90 <= got <= 0.92
+  old = np.mean(normal < np.sort(adv)[::-1][94])  # the reverse quantity
+  assert 0.3 < old < 0.6
+
+
+def test_detected_at_fpr_exact_cases():
+  # All equal: ties are accepted, so nothing is detected.
+  assert ch.detected_at_fpr(np.full(5, 3.0), np.full(7, 3.0)) == 0.0
+  assert ch.detected_at_fpr([0, 0], [1, 2, 3]) == 1.0
+  # 0.95 * 100 is 95 in floats: the 95th smallest normal score is the threshold.
+  normal = np.arange(100.0)
+  assert ch.fpr_threshold(normal, 0.05) == 94.0
+  assert ch.detected_at_fpr(normal, normal + 0.5) == brute_detected(normal, normal + 0.5, 0.05)
+  assert ch.detected_at_fpr([], [1.0]) is None and ch.detected_at_fpr([1.0], []) is None
   with pytest.raises(ValueError, match='NaN'):
-    ch.tnr_at_tpr([np.nan], [1.0])
-  with pytest.raises(ValueError, match='tpr'):
-    ch.tnr_at_tpr([1.0], [1.0], tpr=0.0)
+    ch.detected_at_fpr([1.0], [np.nan])
+  with pytest.raises(ValueError, match='NaN'):
+    ch.detected_at_fpr([np.nan], [1.0])
+  with pytest.raises(ValueError, match='fpr'):
+    ch.detected_at_fpr([1.0], [1.0], fpr=1.0)
 
 
 # ---- Splits and the dataset --------------------------------------------------------------
@@ -319,12 +414,12 @@ def test_supervised_detector_separates_clouds(min_max):
   y = np.repeat([0, 1], 150)
   train, test = ch.stratified_split(y, 0.3, seed=0)
   got = ch.supervised_detector(x[train], y[train], x[test], y[test], min_max=min_max)
-  assert got['auroc'] > 0.95 and got['tnr_at_tpr95'] > 0.7
+  assert got['auroc'] > 0.95 and got['detected_at_fpr5'] > 0.7
   assert got['scores'].shape == (test.size,)
   assert isinstance(got['model'], Pipeline)
   assert ('min_max' in got['model'].named_steps) == min_max
-  assert got['tnr_at_tpr95'] == ch.tnr_at_tpr(got['scores'][y[test] == 1],
-                                               got['scores'][y[test] == 0])
+  assert got['detected_at_fpr5'] == ch.detected_at_fpr(got['scores'][y[test] == 0],
+                                                        got['scores'][y[test] == 1], 0.05)
   again = ch.supervised_detector(x[train], y[train], x[test], y[test], min_max=min_max)
   np.testing.assert_array_equal(again['scores'], got['scores'])
 
@@ -334,7 +429,7 @@ def test_supervised_detector_single_class_part():
   x = rng.randn(20, 3)
   y = np.repeat([0, 1], 10)
   got = ch.supervised_detector(x[:10], y[:10], x, y)
-  assert got['auroc'] is None and got['tnr_at_tpr95'] is None
+  assert got['auroc'] is None and got['detected_at_fpr5'] is None
   assert 'training part has only one class' in got['reason']
   got = ch.supervised_detector(x, y, x[10:], y[10:])
   assert got['auroc'] is None and 'test part has only one class' in got['reason']

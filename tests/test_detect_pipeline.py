@@ -417,6 +417,7 @@ def test_no_kept_examples_gives_nc_not_a_number(tmp_path):
   assert len(rows) == 1 and rows[0][0] == 'C&W', rows
   assert rows[0][1:7] == ['n/c'] * 6, rows
   assert rows[0][7:9] == ['0', '0'], rows
+  assert rows[0][9:11] == ['0.0000', '0.0000'], rows  # the row says why: the attack failed
   assert 'n/c: not computable' in text
   with open(os.path.join(results, 'detect_mnist', 'table2.csv'), newline='') as f:
     row = list(csv.DictReader(f))[0]

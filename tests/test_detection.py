@@ -554,8 +554,8 @@ def test_plot_roc_writes_png(tmp_path):
   pos, neg = rng.normal(1, 1, 50), rng.normal(0, 1, 50)
   fpr, tpr = detection.roc_curve_points(pos, neg)
   path = str(tmp_path / 'sub' / 'roc.png')
-  sha = report_render.plot_roc([('K-density RCE', fpr, tpr, detection.roc_auc(pos, neg)),
-                                ('tiny', [0, 1], [0, 1], None)], path, 'fgsm')
+  sha = report_render.plot_roc({'RCE': {'k_density': (fpr, tpr, detection.roc_auc(pos, neg)),
+                                        'confidence': ([0, 1], [0, 1], None)}}, path, 'fgsm')
   _assert_png(path)
   with open(path, 'rb') as f:
     assert sha == hashlib.sha256(f.read()).hexdigest()

@@ -7,6 +7,7 @@ per-example CSV, that characteristics do not depend on the batch they are comput
 al.'s pre-processing step on a small graph, and the errors for missing or stale inputs.
 """
 import csv
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from conftest import (MODELS, attack_args, describe, markdown_table, model_flags
 import characteristics  # pylint: disable=g-bad-import-order
 import characteristics_runner
 import detect_characteristics
+import io_utils
 import resnet_model
 import result_files
 
@@ -104,7 +106,9 @@ def test_table2_gains_unsupervised_lid_and_mahalanobis_columns(compared):
 def test_table4_every_cell_a_number_or_nc_with_its_reason(compared):
   text = compared['table45']
   header, rows = markdown_table(text, '| Attack: detector |')
-  assert header[1:] == ['AUROC CE', 'AUROC RCE', 'TNR at TPR 95 % CE', 'TNR at TPR 95 % RCE']
+  assert header[1:] == ['AUROC CE', 'AUROC RCE', 'detected at 5 % FPR CE',
+                        'detected at 5 % FPR RCE']
+  assert "Lee et al.'s TNR at TPR 95 %" in text and 'Ties:' in text
   assert [r[0] for r in rows] == ['%s: %s' % (a, d) for a in ('FGSM', 'C&W')
                                   for d in DETECTORS]
   _cells_are_numbers_or_nc(rows, 1, 5)
@@ -148,13 +152,18 @@ def test_table4_csv_and_per_example_scores_agree_with_the_protocol(compared):
     scores = [float(r['supervised_lid']) for r in test]
     assert float(table4['FGSM: LID']['AUROC %s' % model]) == pytest.approx(
         roc_auc_score(y, scores))
-    pos = [s for s, t in zip(scores, y) if t]
+    adv = [s for s, t in zip(scores, y) if t]
+    normal = [s for s, t in zip(scores, y) if not t]
     flagged = [r['flagged_lid'] == 'True' for r in test]
-    assert np.mean([f for f, t in zip(flagged, y) if t]) >= 0.95  # TPR 95 % at least
-    neg_flagged = [f for f, t in zip(flagged, y) if not t]
-    tnr = characteristics.tnr_at_tpr(pos, [s for s, t in zip(scores, y) if not t])
-    assert float(table4['FGSM: LID']['TNR at TPR 95 %% %s' % model]) == pytest.approx(tnr)
-    assert 1 - np.mean(neg_flagged) == pytest.approx(tnr)
+    assert np.mean([f for f, t in zip(flagged, y) if not t]) <= 0.05  # FPR 5 % at most
+    detected = characteristics.detected_at_fpr(normal, adv, 0.05)
+    assert float(table4['FGSM: LID']['detected at 5 %% FPR %s' % model]) == pytest.approx(
+        detected)
+    assert np.mean([f for f, t in zip(flagged, y) if t]) == pytest.approx(detected)
+    # Lee et al.'s calculate_log by brute force: normal and noisy rows are the positives;
+    # the smallest threshold accepting 95 % of them; the adversarial rows above it.
+    t = min(c for c in normal if np.mean(np.asarray(normal) <= c) >= 0.95)
+    assert detected == pytest.approx(np.mean(np.asarray(adv) > t))
     # the split is one split of the images: same examples on the test side for every attack
     splits = {(r['attack'], r['example']): r['split'] for r in rows if r['model'] == model}
     assert all(splits[('fgsm', e)] == splits[('carliniL2', e)]
@@ -176,8 +185,31 @@ def test_characteristics_do_not_depend_on_the_batch(compared, tmp_path):
         layer_model, stats, directory, EPS_ROUND, 20, 100, 0, batch_size=100)
     many, _ = characteristics_runner.attack_characteristics(
         layer_model, stats, directory, EPS_ROUND, 20, 100, 0, batch_size=7)
+    # The same folder as an L0 attack's: its noisy copies flip pixels instead.
+    as_jsma = str(tmp_path / 'as_jsma')
+    shutil.copytree(directory, as_jsma)
+    summary = result_files.load_summary(as_jsma)
+    summary['attack'] = 'jsma'
+    io_utils.atomic_write_json(os.path.join(as_jsma, result_files.SUMMARY), summary)
+    l0_arrays, l0_facts = characteristics_runner.attack_characteristics(
+        layer_model, stats, as_jsma, EPS_ROUND, 20, 100, 0)
+    l0_noisy = model.outputs(characteristics.l0_noisy_copies(
+        np.load(os.path.join(directory, 'nor_img.npy')),
+        np.load(os.path.join(directory, 'adv_img.npy'))[EPS_ROUND - 1], 0), 100)[1]
   finally:
     model.close()
+  np.testing.assert_allclose(l0_arrays['noisy_feature'], l0_noisy, rtol=1e-5, atol=1e-6)
+  assert l0_facts['noise'] == 'l0'
+  # Gaussian noise: the kept examples' noisy copies have their adversarial images' mean L2.
+  data = result_files.load_attack_round(directory, EPS_ROUND - 1)
+  with open(os.path.join(result_files.characteristics_dir(directory),
+                         result_files.SUMMARY)) as f:
+    saved_summary = json.load(f)
+  keep = np.asarray(data['labels_nor']) == np.asarray(data['labels_true'])
+  keep &= np.asarray(data['labels_adv']) != np.asarray(data['labels_true'])
+  l2 = np.asarray(data['L2_distance'], np.float64)
+  assert saved_summary['noise'] == 'gaussian'
+  assert saved_summary['noise_mean_l2'] == pytest.approx(l2[keep].mean(), rel=2e-3)
   with np.load(os.path.join(result_files.characteristics_dir(directory),
                             'characteristics.npz')) as saved:
     for name in one:
@@ -216,7 +248,7 @@ def test_mahalanobis_preprocessing_moves_each_pixel_by_eps_and_raises_the_score(
   with model.graph.as_default():
     layer_model = characteristics_runner.LayerModel(model, stats)
   x = rng.uniform(-0.5, 0.5, (30, 28, 28, 1)).astype(np.float32)
-  x[:, :2] = 0.5  # pixels at the top of the range: a step up is clipped away
+  x[:, :2] = 0.5  # pixels at the top of the range: Lee et al. do not clip a step up
   pooled = layer_model.outputs(x, pooled=True)
   for li, name in enumerate(layer_model.names):
     means, precision = stats[name]
@@ -224,12 +256,11 @@ def test_mahalanobis_preprocessing_moves_each_pixel_by_eps_and_raises_the_score(
     before, _ = characteristics.mahalanobis_scores(pooled[li], means, precision)
     for eps in (0.0005, 0.002):
       moved = layer_model.preprocessed_all(x, eps)[li]
-      step = moved - x
-      free = (moved > -0.5 + 1e-7) & (moved < 0.5 - 1e-7)
-      moving = np.abs(step) > 0
-      assert moving[free].mean() > 0.99, name  # the gradient is (almost) never exactly 0
-      np.testing.assert_allclose(np.abs(step[free & moving]), eps, rtol=1e-3, err_msg=name)
-      assert np.all(step[~free] >= -eps - 1e-7) and np.all(np.abs(step) <= eps + 1e-7)
+      step = moved.astype(np.float64) - x
+      # every pixel moves by exactly eps (a zero gradient steps down, as Lee et al.'s
+      # torch.ge), none is clipped: the top row goes above the image range
+      np.testing.assert_allclose(np.abs(step), eps, rtol=1e-3, err_msg=name)
+      assert moved.max() > 0.5 or not np.any(step[:, :2] > 0), name
       after, _ = characteristics.mahalanobis_scores(
           layer_model.outputs(moved, pooled=True)[li], means, precision)
       assert np.all(after >= before - 1e-6 * np.abs(before)), (name, eps,
@@ -295,7 +326,6 @@ def test_stale_characteristics_are_refused(compared, tmp_path):
   directory = result_files.attack_dir('fgsm', 'mnist', False, results_dir=results)
   summary = result_files.load_summary(directory)
   summary['provenance']['run_id'] = 'another-run'
-  import io_utils  # pylint: disable=g-import-not-at-top
   io_utils.atomic_write_json(os.path.join(directory, result_files.SUMMARY), summary)
   proc = run_script(['test_adv.py', '--mode=detect', '--dataset=mnist',
                      '--results_dir=%s' % results, '--eps_round=%d' % EPS_ROUND])
