@@ -3,28 +3,81 @@
 A checkpoint is identified by its step and a fingerprint of the network's variables (SHA-256
 over their names and values), which every result records; one holding a non-finite value is
 refused by every reader and never written by train.py.
+
+TensorFlow's `checkpoint` state file may hold absolute paths (train.py writes relative ones),
+so a model folder that was copied or moved would load the files of its old place: every
+reader resolves the entries inside --log_root (`checkpoint_paths`) and refuses one outside it.
+train.py also records the --precision the checkpoints of --log_root were trained with in
+`train_lineage.json` beside them (train.py's own record; reproduce.py's `lineage.json` is
+another), and a resume checks it.
 """
 import collections
 import hashlib
+import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
+import io_utils
 import resnet_model
 
 tf1 = tf.compat.v1
 
+STATE_FILE = 'checkpoint'  # TensorFlow's list of the checkpoints of a folder
+LINEAGE_FILE = 'train_lineage.json'
+# The variables tf1.mixed_precision.DynamicLossScale adds (--precision=mixed_float16 only).
+LOSS_SCALE_VARIABLES = ('current_loss_scale', 'good_steps')
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(ValueError):
   """No usable checkpoint, or one that does not fit the model built from the flags."""
 
 
+def checkpoint_paths(log_root):
+  """(newest, all) checkpoint path prefixes that the state file of `log_root` lists.
+
+  Relative entries are taken relative to `log_root`; an absolute one must lie inside it.
+  Entries whose files are missing are left out; `newest` is None when its files are missing
+  or there is no state file.
+
+  Raises:
+    CheckpointError naming the state file and `log_root` for an entry outside `log_root` (a
+    folder copied or moved from elsewhere would otherwise load the old place's files) or
+    an unreadable state file.
+  """
+  if not log_root or not os.path.isfile(os.path.join(log_root, STATE_FILE)):
+    return None, []
+  state_file = os.path.join(log_root, STATE_FILE)
+  try:  # None (a warning logged) for an unreadable or unparsable file
+    state = tf.train.get_checkpoint_state(log_root)
+  except ValueError:  # parsed, but names no checkpoint
+    state = None
+  if state is None:
+    raise CheckpointError('%s: not a checkpoint state file TensorFlow can read; remove it or '
+                          'list the checkpoints of --log_root=%s in it' % (state_file, log_root))
+  entries = list(state.all_model_checkpoint_paths)
+  if state.model_checkpoint_path not in entries:
+    entries.append(state.model_checkpoint_path)
+  for path in entries:
+    if not io_utils.is_inside(path, log_root):
+      raise CheckpointError(
+          '%s names the checkpoint %s, outside --log_root=%s (was the folder copied or moved '
+          'from there?); refusing to load another folder\'s files. Write the names relative to '
+          '--log_root in the state file (e.g. model_checkpoint_path: "%s") or point '
+          '--log_root at the folder that holds them'
+          % (state_file, path, log_root, os.path.basename(path)))
+
+  newest = state.model_checkpoint_path
+  present = [p for p in entries if os.path.exists(p + '.index')]
+  return (newest if newest in present else None), present
+
+
 def latest_checkpoint(log_root):
-  """Path prefix of the newest checkpoint in `log_root`, or None."""
+  """Path prefix of the newest checkpoint in `log_root`, or None (see `checkpoint_paths`)."""
   if not log_root or not os.path.isdir(log_root):
     return None
-  return tf.train.latest_checkpoint(log_root)
+  return checkpoint_paths(log_root)[0]
 
 
 def checkpoint_step(path):
@@ -77,10 +130,8 @@ def last_finite_checkpoint(log_root):
   """The newest checkpoint of `log_root` whose variables are all finite, or None."""
   if not log_root or not os.path.isdir(log_root):
     return None
-  state = tf.train.get_checkpoint_state(log_root)
-  paths = list(state.all_model_checkpoint_paths) if state else []
-  for path in reversed(paths):
-    if os.path.exists(path + '.index') and not inspect(path).nonfinite:
+  for path in reversed(checkpoint_paths(log_root)[1]):
+    if not inspect(path).nonfinite:
       return path
   return None
 
@@ -94,12 +145,53 @@ def require_checkpoint(log_root):
   return path
 
 
+def write_lineage(log_root, precision):
+  """Records in `log_root` the --precision its checkpoints are trained with (a fresh start)."""
+  io_utils.atomic_write_json(os.path.join(log_root, LINEAGE_FILE), {'precision': precision})
+
+
+def check_lineage(path, log_root, precision, loss_scaling):
+  """CheckpointError naming --precision unless checkpoint `path` of `log_root` was trained
+  with `precision` (a resume), before any work.
+
+  Args:
+    path: the checkpoint resumed.
+    log_root: its folder, holding the record `write_lineage` made.
+    precision: the --precision asked for now.
+    loss_scaling: whether that precision scales the loss (adds LOSS_SCALE_VARIABLES); for a
+      checkpoint without the record (an older one) only that much can be checked.
+  """
+  lineage_file = os.path.join(log_root, LINEAGE_FILE)
+  if not os.path.exists(lineage_file):
+    names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    scaled = all(name in names for name in LOSS_SCALE_VARIABLES)
+    if scaled != loss_scaling:
+      made = ('holds loss-scale variables (%s): it was trained with --precision=mixed_float16'
+              if scaled else 'has no loss-scale variables (%s): it was trained with '
+              '--precision=fp32 or mixed_bfloat16') % ', '.join(LOSS_SCALE_VARIABLES)
+      raise CheckpointError('checkpoint %s %s, not --precision=%s; resume it with the '
+                            '--precision it was trained with, or train in a new --log_root'
+                            % (path, made, precision))
+    return
+  try:
+    with open(lineage_file) as f:
+      recorded = json.load(f)['precision']
+  except (ValueError, KeyError, TypeError) as e:
+    raise CheckpointError('%s: not a lineage record train.py wrote (%s); remove it to resume '
+                          '%s unchecked' % (lineage_file, e, path))
+  if recorded != precision:
+    raise CheckpointError(
+        'checkpoint %s was trained with --precision=%s (%s), not --precision=%s; resume it '
+        'with --precision=%s, or train with --precision=%s in a new --log_root'
+        % (path, recorded, lineage_file, precision, recorded, precision))
+
+
 def check_compatible(path, variables):
   """Raises CheckpointError unless every variable exists in the checkpoint with its shape.
 
   A checkpoint of another depth (a different --num_residual_units) or data set (channels)
-  is the usual cause, or, for a training resumed, another --Optimizer (its slot variables);
-  the message says so.
+  is the usual cause, or, for a training resumed, another --Optimizer (its slot variables)
+  or --precision (mixed_float16's loss-scale variables); the message says so.
   """
   shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
   missing, wrong = [], []
@@ -114,8 +206,8 @@ def check_compatible(path, variables):
               else 'shape mismatch: %s' % '; '.join(wrong[:3]))
     raise CheckpointError(
         'checkpoint %s does not match the model built from the flags (%s); check '
-        '--num_residual_units, --use_bottleneck, --dataset and --Optimizer against the '
-        'training run' % (path, detail))
+        '--num_residual_units, --use_bottleneck, --dataset, --Optimizer and --precision '
+        'against the training run' % (path, detail))
 
 
 def restore(sess, path, variables=None):

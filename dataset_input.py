@@ -1,6 +1,6 @@
 """Binary-record input for mnist, cifar10 and cifar100, its validation, and the data converters.
 
-Record formats (SPEC.md section 4):
+Record formats (the README's "Data" section):
   mnist:    float32 little-endian records of 785 values: label (0..9), then 784 pixels in [0, 1].
   cifar10:  the standard CIFAR-10 binary version, 3073 bytes: label byte, then 1024 R, G, B bytes.
   cifar100: the standard CIFAR-100 binary version, 3074 bytes: coarse label byte (0..19), fine
@@ -59,15 +59,18 @@ def _read_records(path, spec):
   """Reads one file as a [num_records, record_values] array, checking its size.
 
   Raises:
-    DataError: `path` is a directory, cannot be read, or its size is not a whole number of
-      records.
+    DataError: `path` is a directory, cannot be read, is empty, or its size is not a whole
+      number of records.
   """
   if os.path.isdir(path):
     raise DataError('%s is a directory, not a data file' % path)
   rb = record_bytes(spec)
   try:
     size = os.path.getsize(path)
-    if size == 0 or size % rb:
+    if size == 0:
+      raise DataError('%s: the file is empty (0 bytes): it holds no %s records'
+                      % (path, spec.name))
+    if size % rb:
       raise DataError(
           '%s: size %d bytes is not a whole number of %s records (%d bytes each); '
           'is it a %s file?' % (path, size, spec.name, rb, spec.name))
@@ -105,8 +108,8 @@ def validate_files(dataset, pattern):
   """Checks every file matching `pattern` before any graph runs; returns the file list.
 
   Raises:
-    DataError: unknown dataset, no matching file, a size that is not a whole number of
-      records, a label outside 0..K-1, or mnist pixels outside [0, 1] or not finite.
+    DataError: unknown dataset, no matching file, an empty file, a size that is not a whole
+      number of records, a label outside 0..K-1, or mnist pixels outside [0, 1] or not finite.
   """
   spec = get_spec(dataset)
   files = _expand(pattern)

@@ -44,6 +44,12 @@ def remove_stray_temp_files(directory, name):
     os.remove(path)
 
 
+def is_inside(path, folder):
+  """Whether `path` is `folder` or lies below it, symbolic links resolved."""
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return os.path.commonpath([path, folder]) == folder
+
+
 def os_error_text(e):
   """One line for an OSError: what failed, on which path."""
   paths = ' -> '.join(repr(p) for p in (e.filename, e.filename2) if p is not None)
@@ -70,21 +76,27 @@ def atomic_write_bytes(path, data):
   """Writes `data` (bytes) to `path` atomically, creating the parent directory.
 
   Returns the hex SHA-256 of `data`, the checksum result summaries record.
+
+  Raises:
+    OSError naming `path` (not the temporary file, which is removed), e.g. on a full disk.
   """
   directory = os.path.dirname(os.path.abspath(path))
   makedirs(directory)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
-                             suffix='.tmp')
+  tmp = None
   try:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
+                               suffix='.tmp')
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
+  except BaseException as e:
+    if tmp and os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.filename in (None, tmp):  # a write names no file
+      raise OSError(e.errno, e.strerror or str(e), path) from e
     raise
   return sha256_bytes(data)
 

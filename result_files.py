@@ -78,7 +78,9 @@ class FolderWriter(object):
   """Writes a result folder that counts as complete only once its summary lands.
 
   The old summary goes first, then each file is written atomically (its checksum kept), and
-  `finish` writes the summary with every checksum and the run id last.
+  `finish` writes the summary with every checksum and the run id last. Used as a context
+  manager, a write that fails (a full disk) removes the files this writer wrote, so the
+  incomplete folder holds nothing of the failed run.
   """
 
   def __init__(self, directory, summary_name=SUMMARY):
@@ -94,10 +96,27 @@ class FolderWriter(object):
       os.remove(path)
     io_utils.remove_stray_temp_files(self.directory, name)
 
+  def __enter__(self):
+    return self
+
+  def __exit__(self, error_type, error, trace):
+    if error_type is not None:
+      self.abort()
+    return False
+
   def write(self, name, writer, *args, **kwargs):
     """Writes file `name` with an io_utils atomic writer and records its checksum."""
     io_utils.remove_stray_temp_files(self.directory, name)
     self.files[name] = writer(os.path.join(self.directory, name), *args, **kwargs)
+
+  def abort(self):
+    """Removes the files written so far; the folder stays incomplete (no summary)."""
+    for name in list(self.files) + [self.summary_name]:
+      try:
+        self._remove(name)
+      except OSError:
+        pass  # the error being raised is the one to report
+    self.files = {}
 
   def finish(self, summary):
     """Writes the summary (with 'files': {name: sha256}) last; returns it."""
@@ -137,13 +156,13 @@ def save_attack_results(directory, arrays, summary):
     if name in REPEATED_FILES:
       values = np.concatenate([values] * rounds, axis=0)
     texts[name] = values
-  folder = FolderWriter(directory)
-  for name in TEXT_FILES:
-    fmt = '%d' if name.startswith('labels') else '%.8e'
-    folder.write(name, io_utils.atomic_savetxt, texts[name], fmt=fmt)
-  folder.write('nor_img.npy', io_utils.atomic_save_npy, arrays['nor_img'])
-  folder.write('adv_img.npy', io_utils.atomic_save_npy, arrays['adv_img'])
-  return folder.finish(summary)
+  with FolderWriter(directory) as folder:
+    for name in TEXT_FILES:
+      fmt = '%d' if name.startswith('labels') else '%.8e'
+      folder.write(name, io_utils.atomic_savetxt, texts[name], fmt=fmt)
+    folder.write('nor_img.npy', io_utils.atomic_save_npy, arrays['nor_img'])
+    folder.write('adv_img.npy', io_utils.atomic_save_npy, arrays['adv_img'])
+    return folder.finish(summary)
 
 
 def is_complete(directory):
@@ -170,7 +189,8 @@ def load_summary(directory, summary_name=SUMMARY):
 def verify_checksums(directory, summary, summary_name=SUMMARY):
   """ResultsError unless every file `summary` lists is present with its recorded SHA-256."""
   files = summary.get('files')
-  if not isinstance(files, dict) or 'provenance' not in summary:
+  made = summary.get('provenance')
+  if not isinstance(files, dict) or not isinstance(made, dict) or 'run_id' not in made:
     raise ResultsError('%s: %s records no provenance or file checksums (written by an older '
                        'version of the suite); rerun the command that makes it'
                        % (directory, summary_name))
@@ -182,7 +202,7 @@ def verify_checksums(directory, summary, summary_name=SUMMARY):
       raise ResultsError('%s: %s does not match its checksum in %s: it was changed, or copied '
                          'from another run, after this run (%s) wrote it; rerun the command '
                          'that makes the folder' % (directory, name, summary_name,
-                                                    summary.get('run_id')))
+                                                    run_id(summary)))
   return summary
 
 
@@ -289,11 +309,11 @@ def save_kernel_params(directory, rce, features, labels, params, summary=None):
   """Training features/labels as text, the kernel parameters as a pickle-free npz, and their
   summary `kernel_{M}.json` (provenance, checksums) last."""
   name = model_name(rce)
-  folder = FolderWriter(directory, kernel_summary_name(rce))
-  folder.write('training_logits_' + name, io_utils.atomic_savetxt, features)
-  folder.write('training_labels_' + name, io_utils.atomic_savetxt, labels, fmt='%d')
-  folder.write('kernel_%s.npz' % name, io_utils.atomic_savez, **params)
-  return folder.finish(dict(summary or {}, model=name))
+  with FolderWriter(directory, kernel_summary_name(rce)) as folder:
+    folder.write('training_logits_' + name, io_utils.atomic_savetxt, features)
+    folder.write('training_labels_' + name, io_utils.atomic_savetxt, labels, fmt='%d')
+    folder.write('kernel_%s.npz' % name, io_utils.atomic_savez, **params)
+    return folder.finish(dict(summary or {}, model=name))
 
 
 def load_kernel_params(directory, rce, dataset):
@@ -326,9 +346,9 @@ def characteristics_dir(directory):
 
 def save_characteristics(directory, arrays, summary):
   """Writes an attack folder's characteristics/ (npz without pickle, then its summary)."""
-  folder = FolderWriter(characteristics_dir(directory))
-  folder.write(CHARACTERISTICS_ARRAYS, io_utils.atomic_savez, **arrays)
-  return folder.finish(summary)
+  with FolderWriter(characteristics_dir(directory)) as folder:
+    folder.write(CHARACTERISTICS_ARRAYS, io_utils.atomic_savez, **arrays)
+    return folder.finish(summary)
 
 
 def load_characteristics(directory, attack_summary, kernel_summary, command_hint):

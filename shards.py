@@ -25,6 +25,14 @@ def share(n, index, count):
   return index * n // count, (index + 1) * n // count
 
 
+def check_count(n, count):
+  """ValueError before any work unless each of `count` shards of n images gets one."""
+  if count > n:
+    raise ValueError('--num_shards=%d is more than the %d images to attack (--eval_batch_count '
+                     'x --attack_batch_size, or the images the test files hold): every shard '
+                     'needs at least one; use --num_shards <= %d' % (count, n, n))
+
+
 def shard_dir(attack_dir, index, count):
   return os.path.join(attack_dir, 'shards', '%d_of_%d' % (index, count))
 

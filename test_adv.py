@@ -1,4 +1,4 @@
-"""Attacks, kernel parameters and detection of a trained model (SPEC.md sections 8-9).
+"""Attacks, kernel parameters and detection of a trained model (README: "The paper's commands").
 
   python test_adv.py --eval_data_path='mnist_dataset/data_test.bin' \\
     --log_root=models_mnist/resnet32 --dataset='mnist' --num_gpus=1 --num_residual_units=5 \\
@@ -103,6 +103,7 @@ def run_attack():
   if len(images) < n:
     logging.warning('the test files hold %d images, fewer than %d = --eval_batch_count x '
                     '--attack_batch_size: attacking %d', len(images), n, len(images))
+  shards.check_count(len(images), FLAGS.num_shards)
   kernel = None
   kernel_dir = result_files.kernel_dir(FLAGS.dataset, FLAGS.results_dir)
   if spec.info.white_box:

@@ -91,6 +91,8 @@ def evaluate():
   hps = common_flags.hparams_from_flags()
   if FLAGS.eval_once:
     checkpoints.require_checkpoint(FLAGS.log_root)
+  else:  # a state file naming another folder's checkpoints is refused before any work
+    checkpoints.latest_checkpoint(FLAGS.log_root)
   evaluator = Evaluator(hps, FLAGS.dataset, FLAGS.eval_data_path, FLAGS.eval_batch_size)
   _, config = training.tower_devices(min(FLAGS.num_gpus, 1))
   eval_dir = FLAGS.eval_dir or os.path.join(FLAGS.log_root, 'eval')

@@ -6,9 +6,13 @@
     --total_steps=20000 --RCE_train=True
 
 Checkpoints go to --log_root every --checkpoint_steps and at the end; a rerun resumes from
-the latest one and stops exactly at --total_steps.
+the latest one (trained with the same --precision) and stops exactly at --total_steps. A
+write that fails (a full disk) stops the training with one line naming the file; the
+checkpoints written before are kept, TensorFlow's temporary files are removed, and so are
+the folders the run made when it wrote no checkpoint.
 """
 import os
+import shutil
 
 from absl import logging
 import tensorflow as tf
@@ -53,7 +57,7 @@ def train():
   files = dataset_input.validate_files(FLAGS.dataset, FLAGS.train_data_path)
   hps = common_flags.hparams_from_flags()
   devices, config = training.tower_devices(FLAGS.num_gpus)
-  summary_dir = FLAGS.train_dir or os.path.join(FLAGS.log_root, 'train')
+  summary_dir = _summary_dir()
 
   ckpt = checkpoints.latest_checkpoint(FLAGS.log_root)
   start_step = 0
@@ -64,8 +68,13 @@ def train():
     logging.info('checkpoint step %d >= --total_steps=%d: nothing to do', start_step,
                  FLAGS.total_steps)
     return start_step
+  if ckpt:
+    checkpoints.check_lineage(ckpt, FLAGS.log_root, FLAGS.precision,
+                              training.PRECISIONS[FLAGS.precision].loss_scaling)
   io_utils.check_writable_dir(FLAGS.log_root, '--log_root')
   io_utils.check_writable_dir(summary_dir, '--train_dir')
+  if not ckpt:
+    checkpoints.write_lineage(FLAGS.log_root, FLAGS.precision)
 
   params, flops = resnet_model.count_params_and_flops(hps, dataset_input.image_shape(spec))
   logging.info('ResNet (%d units/stage, %s): %d trainable parameters, %.1f MFLOPs per image',
@@ -105,6 +114,28 @@ def train():
   return step
 
 
+def _summary_dir():
+  return FLAGS.train_dir or os.path.join(FLAGS.log_root, 'train')
+
+
+def _write_failed(path, reason, made):
+  """ValueError for a file error under the output folders (a full disk): removes
+  TensorFlow's temporary files and, when no checkpoint was written, the folders `made`."""
+  for folder in (FLAGS.log_root, _summary_dir()):
+    training.remove_partial_writes(folder)
+  last = checkpoints.latest_checkpoint(FLAGS.log_root)
+  if last:
+    where = ('the checkpoints written before are kept and a rerun resumes from %s (step %d)'
+             % (last, checkpoints.checkpoint_step(last)))
+  else:
+    for folder in made:
+      shutil.rmtree(folder, ignore_errors=True)
+    where = 'no checkpoint was written, so a rerun starts afresh'
+  flag = ('--log_root=%s' % FLAGS.log_root if io_utils.is_inside(path, FLAGS.log_root)
+          else '--train_dir=%s' % _summary_dir())
+  return ValueError('%s (%s): %s; training stopped: %s' % (path, flag, reason, where))
+
+
 def _stopped(what):
   """ValueError for a training stopped on non-finite values, naming the last finite checkpoint."""
   last = checkpoints.last_finite_checkpoint(FLAGS.log_root)
@@ -116,8 +147,15 @@ def _stopped(what):
 
 
 def main():
+  outputs = [FLAGS.log_root, _summary_dir()] if FLAGS.log_root else []
+  made = [d for d in outputs if not os.path.exists(d)]  # not their parents: shared by others
   try:
     train()
+  except (OSError, tf.errors.OpError) as e:  # a write under the outputs, e.g. a full disk
+    failed = training.failed_file(e, outputs)
+    if failed is None:
+      raise
+    raise _write_failed(failed[0], failed[1], made)
   except tf1.train.NanLossDuringTrainingError:
     raise _stopped('the training loss became NaN')
   except training.NonFiniteError as e:

@@ -4,15 +4,21 @@ With N towers, one model copy per device shares the variables (AUTO_REUSE), each
 an even slice of the global batch, the gradients of the per-tower losses are averaged and
 applied in one step. Batch-norm moving averages are updated from the first tower's batch
 statistics (the usual multi-GPU practice). When fewer GPUs exist than towers are asked for,
-the towers run on virtual CPU devices of the session (`ConfigProto.device_count`).
+the towers run on virtual CPU devices of the session (`ConfigProto.device_count`). The
+checkpoint saver checks finiteness; `failed_file` and `remove_partial_writes` turn a write
+that failed under the output folders (a full disk) into its file and clean up after it.
 """
 import collections
+import os
+import re
+import shutil
 import time
 
 from absl import logging
 import tensorflow as tf
 
 import dataset_input
+import io_utils
 import resnet_model
 
 tf1 = tf.compat.v1
@@ -205,10 +211,13 @@ class FiniteSaver(tf1.train.Saver):
   """A Saver that checks every float variable (BN moving statistics and optimizer slots
   included) before each save and refuses to write a checkpoint holding a NaN or infinity.
 
-  Build it after the whole training graph, so that it sees every variable.
+  Its `checkpoint` state file names the checkpoints relative to their folder, so that a
+  copied or moved folder still lists its own files. Build it after the whole training graph,
+  so that it sees every variable.
   """
 
   def __init__(self, **kwargs):
+    kwargs.setdefault('save_relative_paths', True)
     super().__init__(**kwargs)
     floats = [v for v in tf1.global_variables() if v.dtype.base_dtype.is_floating]
     self._names = [v.op.name for v in floats]
@@ -219,6 +228,56 @@ class FiniteSaver(tf1.train.Saver):
     if not finite.all():
       raise NonFiniteError(global_step, [n for n, ok in zip(self._names, finite) if not ok])
     return super().save(sess, save_path, global_step=global_step, **kwargs)
+
+
+# The temporary names TensorFlow writes to before renaming into place: its atomic writes
+# (graph.pbtxt, a checkpoint's .meta, the state file) use `{name}.tmp{32 hex digits}`, a
+# sharded save `{prefix}_temp/` and its file writer `{file}.tempstate{digits}`.
+_TF_TEMPORARY = re.compile(
+    r'^(?P<final>.+?)(\.tmp[0-9a-f]{32}|_temp(_[0-9a-f]+)?(/.*)?|\.tempstate[0-9]+)$')
+_TF_TEMPORARY_ENTRY = re.compile(
+    r'^(.+\.tmp[0-9a-f]{32}|.+\.tempstate[0-9]+|model\.ckpt-[0-9]+_temp(_[0-9a-f]+)?)$')
+
+
+def failed_file(error, folders):
+  """(path, reason) of an error raised on a file in one of `folders` (or below), else None.
+
+  Args:
+    error: an OSError, or a TensorFlow error, whose message holds a line '<path>; <reason>'
+      (e.g. 'No space left on device'), as TensorFlow's file system writes them.
+    folders: the folders the run writes to.
+
+  Returns:
+    The path of the file meant (a temporary name TensorFlow wrote to is mapped back to it)
+    and the reason, or None for an error of another kind or on another path.
+  """
+  if isinstance(error, OSError):
+    candidates = [(error.filename, error.strerror or str(error))]
+  elif isinstance(error, tf.errors.OpError):
+    candidates = [line.strip().partition('; ')[::2]
+                  for line in (error.message or '').splitlines() if '; ' in line]
+  else:
+    return None
+  for path, reason in candidates:
+    if isinstance(path, str) and path and any(
+        f and io_utils.is_inside(path, f) for f in folders):
+      match = _TF_TEMPORARY.match(path)
+      return (match.group('final') if match else path), reason.strip()
+  return None
+
+
+def remove_partial_writes(folder):
+  """Deletes the temporary files and folders that interrupted TensorFlow writes (graph,
+  checkpoint, state file) left directly in `folder`."""
+  if not folder or not os.path.isdir(folder):
+    return
+  for name in os.listdir(folder):
+    if _TF_TEMPORARY_ENTRY.match(name):
+      path = os.path.join(folder, name)
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        os.remove(path)
 
 
 class LoggingHook(tf1.train.SessionRunHook):

@@ -1,18 +1,25 @@
 """Every script's bad command lines: one 'error:' line naming the problem, no traceback, a
 non-zero exit, and no file created (issue "Results you can trust": strict command lines).
 
-Each case runs in its own empty working directory; every path flag points inside it, so
-"no file created" is: the directory is still empty afterwards.
+Each case runs in its own empty working directory; every path flag it could write to points
+inside it, so "no file created" is: the directory is still empty afterwards (and the model
+folders some cases read are unchanged).
 """
 import os
+import shutil
 
 import pytest
 
-from conftest import REPO_ROOT, describe, run_parallel  # pylint: disable=g-bad-import-order
+from conftest import REPO_ROOT, SHARED_TRAIN_STEPS, describe, run_parallel  # pylint: disable=g-bad-import-order
+import checkpoints  # pylint: disable=g-bad-import-order
 
 # (script, flags, words the error must contain). {data} is the digits training file, {dir}
 # a folder (not a data file), {file} a regular file (so no folder can be made under it),
-# {model} a trained ResNet-8 (CE), {cwd} the case's own working directory.
+# {empty} an empty file, {model} a trained ResNet-8 (CE), {cwd} the case's own working
+# directory. {moved} is a copy of {model} whose state file still names the original's
+# checkpoints by absolute path (TensorFlow's default, before train.py wrote relative ones);
+# {fp32} is a copy of {model} (trained with --precision=fp32, recorded), {fp32_unrecorded}
+# one without the record (older checkpoints).
 TRAIN = ['train.py', '--train_data_path={data}', '--log_root={cwd}/model', '--dataset=mnist',
          '--num_residual_units=1']
 TEST_NOR = ['test_nor.py', '--eval_data_path={data}', '--log_root={cwd}/model',
@@ -20,6 +27,14 @@ TEST_NOR = ['test_nor.py', '--eval_data_path={data}', '--log_root={cwd}/model',
 TEST_ADV = ['test_adv.py', '--eval_data_path={data}', '--log_root={cwd}/model',
             '--dataset=mnist', '--num_residual_units=1', '--mode=attack',
             '--results_dir={cwd}/results']
+TEST_ADV_MODEL = ['test_adv.py', '--eval_data_path={data}', '--log_root={model}',
+                  '--dataset=mnist', '--num_residual_units=1', '--mode=attack',
+                  '--results_dir={cwd}/results']
+# train.py resuming a copy of the shared model (its summaries into the case's folder)
+RESUME = ['train.py', '--train_data_path={data}', '--train_dir={cwd}/train', '--dataset=mnist',
+          '--num_residual_units=1', '--total_steps=%d' % (SHARED_TRAIN_STEPS + 5),
+          '--test_every_steps=0']
+MOVED = ['moved_model/checkpoint', 'outside --log_root', 'moved_model']
 T_SNE = ['t_sne.py', '--dataset=mnist', '--results_dir={cwd}/results']
 CONVERT = ['dataset_input.py', '--convert=digits', '--out_dir={cwd}/data']
 REPRODUCE = ['reproduce.py', '--tiny', '--out_dir={cwd}/out']
@@ -71,6 +86,12 @@ CASES = {
                                  ['merge_shards', '--num_shards']),
     'reproduce_steps_negative': (REPRODUCE + ['--steps=-5'], ['--steps', '>= 0']),
     'reproduce_seeds_0': (REPRODUCE + ['--seeds=0'], ['--seeds', '>= 1']),
+    'reproduce_seeds_negative': (REPRODUCE + ['--seeds=-1'], ['--seeds', 'must be >= 1']),
+    'reproduce_jobs_0': (REPRODUCE + ['--jobs=0'], ['--jobs', 'must be >= 1']),
+    'reproduce_jobs_negative': (REPRODUCE + ['--jobs=-2'], ['--jobs', 'must be >= 1']),
+    'test_adv_more_shards_than_images': (
+        TEST_ADV_MODEL + ['--num_shards=40', '--eval_batch_count=1', '--attack_batch_size=30'],
+        ['--num_shards=40', '30 images']),
     'reproduce_precision': (REPRODUCE + ['--precision=fp8'], ['--precision', 'fp8',
                                                               'mixed_bfloat16']),
     'train_precision': (TRAIN + ['--precision=fp8'], ['precision', 'fp8', 'mixed_bfloat16']),
@@ -85,6 +106,34 @@ CASES = {
                               ['eval_data_path']),
     'train_directory_as_data': (['train.py', '--train_data_path={dir}',
                                  '--log_root={cwd}/model'], ['is a directory']),
+    'train_empty_data_file': (['train.py', '--train_data_path={empty}',
+                               '--log_root={cwd}/model'], ['empty.bin', 'is empty']),
+    'test_adv_empty_data_file': (['test_adv.py', '--eval_data_path={empty}',
+                                  '--log_root={model}', '--num_residual_units=1',
+                                  '--results_dir={cwd}/results'], ['empty.bin', 'is empty']),
+    # a resume with another --precision than the checkpoints were trained with
+    'train_resume_other_precision': (
+        RESUME + ['--log_root={fp32}', '--precision=mixed_float16'],
+        ['--precision=fp32', '--precision=mixed_float16', 'train_lineage.json']),
+    'train_resume_other_precision_unrecorded': (
+        RESUME + ['--log_root={fp32_unrecorded}', '--precision=mixed_float16'],
+        ['--precision', 'loss-scale']),
+    # a model folder copied elsewhere whose state file names the original's checkpoints
+    'test_nor_checkpoint_outside_log_root': (
+        ['test_nor.py', '--eval_data_path={data}', '--log_root={moved}',
+         '--eval_dir={cwd}/eval', '--num_residual_units=1', '--eval_once'], MOVED),
+    'test_nor_polling_checkpoint_outside_log_root': (
+        ['test_nor.py', '--eval_data_path={data}', '--log_root={moved}',
+         '--eval_dir={cwd}/eval', '--num_residual_units=1'], MOVED),
+    'train_resume_checkpoint_outside_log_root': (RESUME + ['--log_root={moved}'], MOVED),
+    'test_adv_checkpoint_outside_log_root': (
+        ['test_adv.py', '--eval_data_path={data}', '--log_root={moved}',
+         '--num_residual_units=1', '--mode=attack', '--eval_batch_count=1',
+         '--attack_batch_size=10', '--results_dir={cwd}/results'], MOVED),
+    'kernel_para_checkpoint_outside_log_root': (
+        ['test_adv.py', '--train_data_path={data}', '--log_root={moved}',
+         '--num_residual_units=1', '--mode=kernel_para', '--eval_batch_count=1',
+         '--results_dir={cwd}/results'], MOVED),
     # output folders that cannot be written: found before the work, one line naming them
     'train_log_root_unwritable': (TRAIN[:2] + ['--log_root={file}/model', '--dataset=mnist',
                                                '--num_residual_units=1'],
@@ -107,16 +156,41 @@ def error_runs(tmp_path_factory, digits_train, shared_models):
   folder.mkdir()
   a_file = base / 'a_file'
   a_file.write_text('not a folder')
+  empty = base / 'empty.bin'
+  empty.write_bytes(b'')
+  models = base / 'models'
+  copies = {name: str(models / name) for name in ('fp32', 'fp32_unrecorded', 'moved_model')}
+  for copy in copies.values():
+    shutil.copytree(shared_models['CE'], copy)
+  os.remove(os.path.join(copies['fp32_unrecorded'], checkpoints.LINEAGE_FILE))
+  original = os.path.abspath(shared_models['CE'])
+  with open(os.path.join(copies['moved_model'], checkpoints.STATE_FILE), 'w') as f:
+    f.write('model_checkpoint_path: "%s/model.ckpt-%d"\n' % (original, SHARED_TRAIN_STEPS))
+  before = {name: tree(copy) for name, copy in copies.items()}
   cwds, jobs = {}, []
   for name, (args, _) in CASES.items():
     cwd = base / name
     cwd.mkdir()
     cwds[name] = str(cwd)
     jobs.append([os.path.join(REPO_ROOT, args[0])]
-                + [a.format(data=digits_train, dir=folder, file=a_file, cwd=cwd,
-                            model=shared_models['CE']) for a in args[1:]])
+                + [a.format(data=digits_train, dir=folder, file=a_file, empty=empty, cwd=cwd,
+                            model=shared_models['CE'], fp32=copies['fp32'],
+                            fp32_unrecorded=copies['fp32_unrecorded'],
+                            moved=copies['moved_model']) for a in args[1:]])
   procs = run_parallel(jobs, timeout=300, cwds=[cwds[n] for n in CASES])
+  for name, copy in copies.items():  # the refused model folders are left as they were
+    assert tree(copy) == before[name], name
   return {name: (proc, cwds[name]) for name, proc in zip(CASES, procs)}
+
+
+def tree(folder):
+  """{relative path: size (None for a folder)} of everything below `folder`."""
+  found = {}
+  for root, dirs, files in os.walk(folder):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      found[os.path.relpath(path, folder)] = None if name in dirs else os.path.getsize(path)
+  return found
 
 
 @pytest.mark.parametrize('case', sorted(CASES))

@@ -228,7 +228,7 @@ BAD_CASES = {
     'mnist_pixel_above_1': lambda d: ('mnist', _bad_mnist(d, pixel=1.5), 'outside [0, 1]'),
     'mnist_pixel_below_0': lambda d: ('mnist', _bad_mnist(d, pixel=-0.01), 'outside [0, 1]'),
     'mnist_pixels_0_255': lambda d: ('mnist', _bad_mnist(d, pixel=255.0), 'outside [0, 1]'),
-    'empty_file': lambda d: ('mnist', write_bytes(d / 'empty.bin', b''), 'not a whole number'),
+    'empty_file': lambda d: ('mnist', write_bytes(d / 'empty.bin', b''), 'is empty'),
 }
 
 
