@@ -330,7 +330,7 @@ def _per_seed(out):
 # Where each table is in RESULTS.md: section, header start, cells (rows x numeric columns).
 TABLE_PLACES = {
     'Table 1': ('## Table 1', '| Model', 2 * 4),
-    'Table 2': ('## Table 2', '| Attack', 7 * 12),  # + Mahalanobis and LID, CE and RCE
+    'Table 2': ('## Table 2', '| Attack', 7 * 14),  # + Mahalanobis, LID and success, CE and RCE
     'Table 3': ('## Table 3', '| Model', 2 * 5),
     'Table 4': ('## Tables 4 and 5', '| Attack: detector |', 7 * 3 * 4),
     'Table 5': ('## Tables 4 and 5', '| Attack: detector (trained', 7 * 3 * 2),
