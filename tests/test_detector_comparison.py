@@ -250,6 +250,7 @@ def test_mahalanobis_preprocessing_moves_each_pixel_by_eps_and_raises_the_score(
   x = rng.uniform(-0.5, 0.5, (30, 28, 28, 1)).astype(np.float32)
   x[:, :2] = 0.5  # pixels at the top of the range: Lee et al. do not clip a step up
   pooled = layer_model.outputs(x, pooled=True)
+  stepped_out = 0
   for li, name in enumerate(layer_model.names):
     means, precision = stats[name]
     # the statistics are Lee et al.'s: EmpiricalCovariance of the class-centred features
@@ -260,12 +261,15 @@ def test_mahalanobis_preprocessing_moves_each_pixel_by_eps_and_raises_the_score(
       # every pixel moves by exactly eps (a zero gradient steps down, as Lee et al.'s
       # torch.ge), none is clipped: the top row goes above the image range
       np.testing.assert_allclose(np.abs(step), eps, rtol=1e-3, err_msg=name)
-      assert moved.max() > 0.5 or not np.any(step[:, :2] > 0), name
+      up = step[:, :2] > 0
+      np.testing.assert_allclose(moved[:, :2][up], 0.5 + eps, rtol=1e-6, err_msg=name)
+      stepped_out += int(up.sum())
       after, _ = characteristics.mahalanobis_scores(
           layer_model.outputs(moved, pooled=True)[li], means, precision)
       assert np.all(after >= before - 1e-6 * np.abs(before)), (name, eps,
                                                                 np.min(after - before))
   model.sess.close()
+  assert stepped_out > 0  # some pixels at 0.5 stepped above the range
 
 
 def test_mahalanobis_statistics_are_lee_et_al(compared):
