@@ -21,8 +21,9 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-import dataset_table
-import io_utils
+from rce.results import io_utils
+from rce.tables import dataset_table
+from rce.tables import perturbation
 
 # The dataset table lives in dataset_table (TensorFlow-free); re-exported here.
 DatasetSpec = dataset_table.DatasetSpec
@@ -126,7 +127,7 @@ def _records_to_images(spec, pixels):
     x = x.reshape(n, spec.image_size, spec.image_size, 1)
   else:  # channel-major on disk
     x = x.reshape(n, spec.channels, spec.image_size, spec.image_size).transpose(0, 2, 3, 1)
-  return x / spec.pixel_scale - 0.5
+  return x / spec.pixel_scale + perturbation.IMAGE_MIN
 
 
 def load_arrays(dataset, pattern, max_examples=None, files=None):
@@ -164,7 +165,7 @@ def _parse_fn(spec, train):
       image = tf.image.resize_with_crop_or_pad(image, size + 4, size + 4)
       image = tf.image.random_crop(image, [size, size, channels])
       image = tf.image.random_flip_left_right(image)
-    image = image / spec.pixel_scale - 0.5
+    image = image / spec.pixel_scale + perturbation.IMAGE_MIN
     return image, tf.one_hot(label, spec.num_classes, dtype=tf.float32)
 
   return parse
@@ -402,10 +403,10 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  import common_flags  # pylint: disable=g-import-not-at-top (it imports this module)
-  _flags = common_flags.flags
+  from rce.flags import strict  # pylint: disable=g-import-not-at-top (the converter's only)
+  _flags = strict.flags
   _flags.DEFINE_enum('convert', None, ['mnist_idx', 'digits'], 'Which converter to run.')
   _flags.DEFINE_string('idx_dir', '', 'Folder with the MNIST IDX files (for mnist_idx).')
   _flags.DEFINE_string('out_dir', None, 'Where data_train.bin and data_test.bin are written.')
   _flags.mark_flags_as_required(['convert', 'out_dir'])
-  common_flags.run_strict(lambda: main(None))
+  strict.run_strict(lambda: main(None))

@@ -28,10 +28,10 @@ import subprocess
 import sys
 import time
 
-import attack_names
-import dataset_table
-import io_utils
-import report_tables
+from rce.tables import attack_names
+from rce.tables import dataset_table
+from rce.results import io_utils
+from rce.reports import report_tables
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # TensorFlow's C++ start-up notices (oneDNN, CUDA probing) would drown the stage logs.
@@ -164,7 +164,7 @@ class Driver(object):
   @staticmethod
   def _identity(output):
     """The stage output's identity, or None when it is missing, incomplete or corrupt."""
-    import result_files  # pylint: disable=g-import-not-at-top
+    from rce.results import result_files  # pylint: disable=g-import-not-at-top
     try:
       return _as_json(output())
     except (result_files.ResultsError, ValueError, KeyError, OSError):
@@ -332,7 +332,7 @@ class Driver(object):
 
   def data_id(self, part, pattern):
     """The checksums of the data files of `pattern` ('train' or 'test'), computed once."""
-    import provenance  # pylint: disable=g-import-not-at-top
+    from rce.results import provenance  # pylint: disable=g-import-not-at-top
     if part not in self.data_ids:
       files = _data_files(pattern)
       if not files:
@@ -353,7 +353,7 @@ class Driver(object):
     return ('data',) if any(s.name == 'data' for s in self.stages) else ()
 
   def train(self, rce, rep, train_path, test_path):
-    import checkpoints  # pylint: disable=g-import-not-at-top
+    from rce.model import checkpoints  # pylint: disable=g-import-not-at-top
     steps = self.args.steps or self.preset['steps'][self.args.dataset]
     name = 'train_%s%s' % ('RCE' if rce else 'CE', rep.suffix)
     log_root = self.log_root(rce, rep)
@@ -408,7 +408,7 @@ class Driver(object):
     return os.path.join(self.log_root(rce, rep), 'eval')
 
   def test_nor(self, rce, rep, test_path):
-    import result_files  # pylint: disable=g-import-not-at-top
+    from rce.results import result_files  # pylint: disable=g-import-not-at-top
     model = 'RCE' if rce else 'CE'
     eval_dir = self.eval_dir(rce, rep)
     train = 'train_%s%s' % (model, rep.suffix)
@@ -443,7 +443,7 @@ class Driver(object):
     return flags
 
   def attack(self, attack, rce, rep, test_path):
-    import result_files  # pylint: disable=g-import-not-at-top
+    from rce.results import result_files  # pylint: disable=g-import-not-at-top
     model = 'RCE' if rce else 'CE'
     directory = result_files.attack_dir(attack, self.args.dataset, rce,
                                         results_dir=rep.results)
@@ -459,7 +459,7 @@ class Driver(object):
         lambda: result_files.run_id(result_files.load_verified_summary(directory)), None), rep)
 
   def kernel_para(self, rce, rep, train_path):
-    import result_files  # pylint: disable=g-import-not-at-top
+    from rce.results import result_files  # pylint: disable=g-import-not-at-top
     model = 'RCE' if rce else 'CE'
     directory = result_files.kernel_dir(self.args.dataset, rep.results)
     train = 'train_%s%s' % (model, rep.suffix)
@@ -473,7 +473,7 @@ class Driver(object):
 
   def characteristics(self, rce, rep, upstream):
     """LID and Mahalanobis characteristics of every attack folder of one model."""
-    import result_files  # pylint: disable=g-import-not-at-top
+    from rce.results import result_files  # pylint: disable=g-import-not-at-top
     model = 'RCE' if rce else 'CE'
 
     def output():
@@ -491,7 +491,7 @@ class Driver(object):
     return os.path.join(rep.results, 'detect_%s' % self.args.dataset)
 
   def detect(self, rep, upstream):
-    import result_files  # pylint: disable=g-import-not-at-top
+    from rce.results import result_files  # pylint: disable=g-import-not-at-top
     directory = self.detect_dir(rep)
     return self.add('detect%s' % rep.suffix, upstream, lambda: (self.script(
         'test_adv.py', '--mode=detect', '--dataset=%s' % self.args.dataset,
@@ -551,7 +551,7 @@ class Driver(object):
   # -- the report
   def replica_tables(self, rep):
     """Tables 1-3 of one replica as report_tables.Table values (read from verified files)."""
-    import result_files  # pylint: disable=g-import-not-at-top
+    from rce.results import result_files  # pylint: disable=g-import-not-at-top
     table1 = report_tables.Table('Table 1', [
         ('test error', '%.2f %%'), ('images', '%d'), ('checkpoint step', '%d'),
         ('model fingerprint', '%s')], [])

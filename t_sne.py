@@ -12,20 +12,21 @@ import os
 from absl import logging
 import numpy as np
 
-import common_flags
-import detection
-import io_utils
-import provenance
-import report_render
-import result_files
+from rce.flags import definitions
+from rce.flags import strict
+from rce.detection import detection
+from rce.results import io_utils
+from rce.results import provenance
+from rce.reports import report_render
+from rce.results import result_files
 
-flags = common_flags.flags
-FLAGS = common_flags.FLAGS
+flags = definitions.flags
+FLAGS = definitions.FLAGS
 
 
 def define_flags():
-  common_flags.define_base_flags()
-  common_flags.define_attack_flags()
+  definitions.define_base_flags()
+  definitions.define_attack_flags()
   flags.DEFINE_string('ce_dir', '', 'CE attack result folder (default: the standard layout).')
   flags.DEFINE_string('rce_dir', '', 'RCE attack result folder (default: the standard layout).')
   flags.DEFINE_string('tsne_out', '', 'Output PNG.')
@@ -90,4 +91,4 @@ def main():
 
 
 if __name__ == '__main__':
-  common_flags.run_script(define_flags, main)
+  strict.run_script(define_flags, main)

@@ -25,23 +25,26 @@ Modes:
 from absl import logging
 import tensorflow as tf
 
-import attack_names
-import attack_runner
+from rce import placement
+from rce.detection import detection
+from rce.tables import attack_names
+from rce.attacking import attack_runner
 import attacks
-import characteristics_runner
-import checkpoints
-import common_flags
+from rce.detection import characteristics_runner
+from rce.model import checkpoints
+from rce.flags import definitions
+from rce.flags import strict
 import dataset_input
-import detect_report
-import io_utils
-import provenance
-import result_files
-import restored_model
-import shards
-import training
+from rce.reports import detect_report
+from rce.results import io_utils
+from rce.results import provenance
+from rce.results import result_files
+from rce.tables import perturbation
+from rce.model import restored_model
+from rce.attacking import shards
 
 tf1 = tf.compat.v1
-FLAGS = common_flags.FLAGS
+FLAGS = definitions.FLAGS
 MODES = ('attack', 'kernel_para', 'detect', 'merge_shards', 'characteristics')
 # The flags that change each mode's result, recorded in its summary.
 ATTACK_FLAGS = ('dataset', 'RCE_train', 'num_residual_units', 'use_bottleneck', 'seed',
@@ -56,9 +59,9 @@ CHARACTERISTICS_FLAGS = ('dataset', 'RCE_train', 'num_residual_units', 'use_bott
 
 
 def define_flags():
-  common_flags.define_base_flags()
-  common_flags.define_eval_flags()
-  common_flags.define_attack_flags()
+  definitions.define_base_flags()
+  definitions.define_eval_flags()
+  definitions.define_attack_flags()
 
 
 def _attack_params():
@@ -69,8 +72,8 @@ def _attack_params():
 
 
 def _restore():
-  _, config = training.tower_devices(min(FLAGS.num_gpus, 1))
-  return restored_model.RestoredModel(common_flags.hparams_from_flags(),
+  _, config = placement.tower_devices(min(FLAGS.num_gpus, 1))
+  return restored_model.RestoredModel(definitions.hparams_from_flags(),
                                       FLAGS.dataset, FLAGS.log_root, config)
 
 
@@ -95,7 +98,7 @@ def _check_kernel_model(kernel_summary, model, kernel_dir):
 
 def run_attack():
   """--mode=attack: every check first, then one graph, then the rounds, then the files."""
-  common_flags.require_flags('test_adv.py --mode=attack', 'eval_data_path', 'log_root')
+  definitions.require_flags('test_adv.py --mode=attack', 'eval_data_path', 'log_root')
   spec = attacks.get_attack(FLAGS.attack_method)
   n = FLAGS.eval_batch_count * FLAGS.attack_batch_size
   files = dataset_input.validate_files(FLAGS.dataset, FLAGS.eval_data_path)
@@ -141,7 +144,7 @@ def run_attack():
   sizes = [None]
   if not spec.info.swept:
     sizes = attack_runner.cw_batch_sizes(len(images), FLAGS.cw_batch_size,
-                                         training.available_gpus())
+                                         placement.available_gpus())
     if sizes[0] is not None and FLAGS.cw_batch_size is None:
       logging.info('GPU present: C&W batch = all %d attacked images (falls back to smaller '
                    'batches if that does not fit; --cw_batch_size sets it)', sizes[0])
@@ -170,7 +173,7 @@ def _attack_rounds(model, spec, params, images, labels, targets, kernel, out_dir
   Returns (adversarial rounds [R, N, ...], attack statistics, eps list).
   """
   if spec.info.swept:
-    attack, eps_list = attack_runner.EpsAttack(model, spec, params), attack_runner.eps_schedule(
+    attack, eps_list = attack_runner.EpsAttack(model, spec, params), perturbation.eps_schedule(
         FLAGS.eps)
   else:
     attack, eps_list = attack_runner.CWAttack(model, spec, params, kernel), [None]
@@ -193,7 +196,7 @@ def _attack_dir():
 
 def run_merge_shards():
   """--mode=merge_shards: the --num_shards shard folders -> the ordinary result folder."""
-  common_flags.require_flags('test_adv.py --mode=merge_shards', 'eval_data_path', 'log_root')
+  definitions.require_flags('test_adv.py --mode=merge_shards', 'eval_data_path', 'log_root')
   if FLAGS.num_shards < 2:
     raise ValueError('--mode=merge_shards needs --num_shards (the number of shards, >= 2)')
   files = dataset_input.validate_files(FLAGS.dataset, FLAGS.eval_data_path)
@@ -204,7 +207,7 @@ def run_merge_shards():
   out_dir = _attack_dir()
   found = shards.load_shards(out_dir, FLAGS.num_shards, info.fingerprint,
                              provenance.data_identity(data), flags)
-  hps = common_flags.hparams_from_flags()
+  hps = definitions.hparams_from_flags()
   record = provenance.record(
       provenance.model_record(info, result_files.model_name(FLAGS.RCE_train), hps), data,
       {name: FLAGS[name].value for name in ATTACK_FLAGS})
@@ -216,7 +219,7 @@ def run_merge_shards():
 
 def run_kernel_para():
   """--mode=kernel_para: training features -> kernel points and per-class medians."""
-  common_flags.require_flags('test_adv.py --mode=kernel_para', 'log_root')
+  definitions.require_flags('test_adv.py --mode=kernel_para', 'log_root')
   pattern = FLAGS.train_data_path or FLAGS.eval_data_path
   if not pattern:
     raise ValueError('test_adv.py --mode=kernel_para needs --train_data_path (the training '
@@ -234,7 +237,7 @@ def run_kernel_para():
   pooled = layer_model.outputs(images, pooled=True)  # one pass: every layer, the feature last
   model.close()
   features = pooled[layer_model.names.index('feature')]
-  params = detect_report.kernel_params(features, labels, FLAGS.RCE_train,
+  params = detection.kernel_params(features, labels, FLAGS.RCE_train,
                                        model.hps.num_classes, FLAGS.kernel_per_class,
                                        FLAGS.kernel_subset, FLAGS.seed)
   # Lee et al.'s class means and shared covariance of every layer, for --mode=characteristics.
@@ -252,7 +255,7 @@ def run_kernel_para():
 def run_characteristics():
   """--mode=characteristics: LID and Mahalanobis characteristics of every attack folder of
   this model under --results_dir, written into {attack folder}/characteristics/."""
-  common_flags.require_flags('test_adv.py --mode=characteristics', 'log_root')
+  definitions.require_flags('test_adv.py --mode=characteristics', 'log_root')
   model_name = result_files.model_name(FLAGS.RCE_train)
   found = {a: dirs[model_name] for a, dirs in result_files.find_attacks(
       FLAGS.results_dir, FLAGS.dataset, (model_name,)).items()}
@@ -303,11 +306,11 @@ def run_detect():
 
 
 def main():
-  common_flags.check_mode(MODES, 'test_adv.py')
+  definitions.check_mode(MODES, 'test_adv.py')
   {'attack': run_attack, 'kernel_para': run_kernel_para, 'detect': run_detect,
    'merge_shards': run_merge_shards,
    'characteristics': run_characteristics}[FLAGS.mode or 'attack']()
 
 
 if __name__ == '__main__':
-  common_flags.run_script(define_flags, main)
+  strict.run_script(define_flags, main)

@@ -17,22 +17,24 @@ import time
 from absl import logging
 import tensorflow as tf
 
-import checkpoints
-import common_flags
+from rce import placement
+from rce.model import evaluation
+from rce.model import checkpoints
+from rce.flags import definitions
+from rce.flags import strict
 import dataset_input
-import io_utils
-import provenance
+from rce.results import io_utils
+from rce.results import provenance
 import resnet_model
-import result_files
-import training
+from rce.results import result_files
 
 tf1 = tf.compat.v1
-FLAGS = common_flags.FLAGS
+FLAGS = definitions.FLAGS
 
 
 def define_flags():
-  common_flags.define_base_flags()
-  common_flags.define_eval_flags()
+  definitions.define_base_flags()
+  definitions.define_eval_flags()
 
 
 class Evaluator(object):
@@ -42,7 +44,7 @@ class Evaluator(object):
     self.files = files = dataset_input.validate_files(dataset, pattern)
     self.graph = tf.Graph()
     with self.graph.as_default():
-      self.iterator, self.correct, self.count = training.build_test_precision(
+      self.iterator, self.correct, self.count = evaluation.build_test_precision(
           hps, dataset, pattern, batch_size, files)
       self.variables = resnet_model.model_variables()
 
@@ -86,15 +88,15 @@ def write_result(eval_dir, hps, evaluator, info, precision, total):
 
 
 def evaluate():
-  common_flags.check_mode(['eval'], 'test_nor.py')
-  common_flags.require_flags('test_nor.py', 'eval_data_path', 'log_root')
-  hps = common_flags.hparams_from_flags()
+  definitions.check_mode(['eval'], 'test_nor.py')
+  definitions.require_flags('test_nor.py', 'eval_data_path', 'log_root')
+  hps = definitions.hparams_from_flags()
   if FLAGS.eval_once:
     checkpoints.require_checkpoint(FLAGS.log_root)
   else:  # a state file naming another folder's checkpoints is refused before any work
     checkpoints.latest_checkpoint(FLAGS.log_root)
   evaluator = Evaluator(hps, FLAGS.dataset, FLAGS.eval_data_path, FLAGS.eval_batch_size)
-  _, config = training.tower_devices(min(FLAGS.num_gpus, 1))
+  _, config = placement.tower_devices(min(FLAGS.num_gpus, 1))
   eval_dir = FLAGS.eval_dir or os.path.join(FLAGS.log_root, 'eval')
   io_utils.check_writable_dir(eval_dir, '--eval_dir')
   writer = tf1.summary.FileWriter(eval_dir)
@@ -123,4 +125,4 @@ def evaluate():
 
 
 if __name__ == '__main__':
-  common_flags.run_script(define_flags, evaluate)
+  strict.run_script(define_flags, evaluate)

@@ -17,19 +17,22 @@ import shutil
 from absl import logging
 import tensorflow as tf
 
-import checkpoints
-import common_flags
+from rce import placement
+from rce.model import evaluation
+from rce.model import checkpoints
+from rce.flags import definitions
+from rce.flags import strict
 import dataset_input
-import io_utils
+from rce.results import io_utils
 import resnet_model
-import training
+from rce.training import training
 
 tf1 = tf.compat.v1
-FLAGS = common_flags.FLAGS
+FLAGS = definitions.FLAGS
 
 
 def define_flags():
-  common_flags.define_train_flags()
+  definitions.define_train_flags()
 
 
 def _test_precision_hook(hps, spec, global_step, summary_dir):
@@ -41,7 +44,7 @@ def _test_precision_hook(hps, spec, global_step, summary_dir):
                  'training files, or --test_every_steps=0)', spec.test_file)
     return None
   files = dataset_input.validate_files(FLAGS.dataset, pattern)
-  iterator, correct, count = training.build_test_precision(hps, FLAGS.dataset, pattern, 100,
+  iterator, correct, count = evaluation.build_test_precision(hps, FLAGS.dataset, pattern, 100,
                                                            files)
   logging.info('test precision every %d steps on %d batches of %s', FLAGS.test_every_steps,
                FLAGS.test_batches, pattern)
@@ -51,12 +54,12 @@ def _test_precision_hook(hps, spec, global_step, summary_dir):
 
 def train():
   """Builds the graph from the flags and runs the training loop."""
-  common_flags.check_mode(['train'], 'train.py')
-  common_flags.require_flags('train.py', 'train_data_path', 'log_root')
+  definitions.check_mode(['train'], 'train.py')
+  definitions.require_flags('train.py', 'train_data_path', 'log_root')
   spec = dataset_input.get_spec(FLAGS.dataset)
   files = dataset_input.validate_files(FLAGS.dataset, FLAGS.train_data_path)
-  hps = common_flags.hparams_from_flags()
-  devices, config = training.tower_devices(FLAGS.num_gpus)
+  hps = definitions.hparams_from_flags()
+  devices, config = placement.tower_devices(FLAGS.num_gpus)
   summary_dir = _summary_dir()
 
   ckpt = checkpoints.latest_checkpoint(FLAGS.log_root)
@@ -87,7 +90,7 @@ def train():
                                     train=True, seed=FLAGS.seed, files=files)
     images, labels = tf1.data.make_one_shot_iterator(ds).get_next()
   graph = training.build_train_graph(hps, spec, images, labels, devices,
-                                     common_flags.lr_schedule_from_flags(), FLAGS.precision)
+                                     definitions.lr_schedule_from_flags(), FLAGS.precision)
   hooks = [tf1.train.StopAtStepHook(last_step=FLAGS.total_steps),
            tf1.train.NanTensorHook(graph.loss),
            training.LoggingHook(graph, FLAGS.log_steps, FLAGS.batch_size)]
@@ -164,4 +167,4 @@ def main():
 
 
 if __name__ == '__main__':
-  common_flags.run_script(define_flags, main)
+  strict.run_script(define_flags, main)

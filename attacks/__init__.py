@@ -16,7 +16,7 @@ is built:
 """
 import collections
 
-import attack_names
+from rce.tables import attack_names
 from attacks.carlini import CarliniWagnerL2
 from attacks.distance import l2_per_example
 from attacks.gradient import bim

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from attacks.distance import l2_per_example
+from rce.tables import perturbation
 
 tf1 = tf.compat.v1
 
@@ -59,7 +60,8 @@ class CarliniWagnerL2(object):
   def __init__(self, sess, logits_fn, image_shape, batch_size, confidence=CONFIDENCE,
                learning_rate=LEARNING_RATE, binary_search_steps=BINARY_SEARCH_STEPS,
                max_iterations=MAX_ITERATIONS, abort_early=ABORT_EARLY,
-               initial_const=INITIAL_CONST, targeted=True, clip_min=-0.5, clip_max=0.5,
+               initial_const=INITIAL_CONST, targeted=True, clip_min=perturbation.IMAGE_MIN,
+               clip_max=perturbation.IMAGE_MAX,
                extra_loss_fn=None, num_classes=None):
     """Builds the attack graph in the session's graph.
 

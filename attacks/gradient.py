@@ -10,10 +10,12 @@ Argument names follow cleverhans (`eps`, `clip_min`, `clip_max`, `y`, `y_target`
 """
 import tensorflow as tf
 
+from rce.tables import perturbation
+
 tf1 = tf.compat.v1
 
-CLIP_MIN = -0.5
-CLIP_MAX = 0.5
+CLIP_MIN = perturbation.IMAGE_MIN
+CLIP_MAX = perturbation.IMAGE_MAX
 NB_ITER = 10  # BIM and ILCM take 10 steps of eps/10, as the paper
 
 

@@ -69,8 +69,8 @@ def _jsma_batch(logits_fn, x, eps, y_target, max_iter, clip_min, clip_max):
   return tf.reshape(x_adv, tf.shape(x))
 
 
-def jsma(logits_fn, x, eps=THETA, y_target=None, max_iter=MAX_ITER, clip_min=-0.5,
-         clip_max=0.5, per_example=False):
+def jsma(logits_fn, x, eps=THETA, y_target=None, max_iter=MAX_ITER, clip_min=gradient.CLIP_MIN,
+         clip_max=gradient.CLIP_MAX, per_example=False):
   """Targeted JSMA: increase the most salient pixel by eps until the target is reached.
 
   An example stops as soon as its prediction is the target, when no pixel of its search

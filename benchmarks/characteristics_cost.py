@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-import characteristics  # pylint: disable=g-import-not-at-top
-import characteristics_runner  # pylint: disable=g-import-not-at-top
+from rce.detection import characteristics  # pylint: disable=g-import-not-at-top
+from rce.detection import characteristics_runner  # pylint: disable=g-import-not-at-top
 import dataset_input  # pylint: disable=g-import-not-at-top
 import resnet_model  # pylint: disable=g-import-not-at-top
 

@@ -52,12 +52,13 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import attack_throughput  # pylint: disable=g-import-not-at-top
 import attacks  # pylint: disable=g-import-not-at-top
 import dataset_input  # pylint: disable=g-import-not-at-top
-import io_utils  # pylint: disable=g-import-not-at-top
+from rce import placement
+from rce.results import io_utils  # pylint: disable=g-import-not-at-top
 import keras_resnet  # pylint: disable=g-import-not-at-top
 import resnet_model  # pylint: disable=g-import-not-at-top
 import timing  # pylint: disable=g-import-not-at-top
 import train_throughput  # pylint: disable=g-import-not-at-top
-import training  # pylint: disable=g-import-not-at-top
+from rce.training import training  # pylint: disable=g-import-not-at-top
 
 tf1 = tf.compat.v1
 
@@ -157,8 +158,8 @@ class Machine(object):
   def towers(self, n):
     """(devices, session ConfigProto) for n towers: logical GPUs 0..n-1, or virtual CPUs."""
     if not self.gpu:
-      return training.tower_devices(n if n > 1 else 0, gpus_present=0)
-    devices, config = training.tower_devices(n, gpus_present=len(self.logical))
+      return placement.tower_devices(n if n > 1 else 0, gpus_present=0)
+    devices, config = placement.tower_devices(n, gpus_present=len(self.logical))
     if self.split_error:
       return devices, config
     options = config.gpu_options

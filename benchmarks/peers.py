@@ -30,13 +30,13 @@ sys.path.insert(0, _HERE)
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-import attack_runner  # pylint: disable=g-import-not-at-top
+from rce.attacking import attack_runner  # pylint: disable=g-import-not-at-top
 import attacks  # pylint: disable=g-import-not-at-top
-import checkpoints  # pylint: disable=g-import-not-at-top
+from rce.model import checkpoints  # pylint: disable=g-import-not-at-top
 import dataset_input  # pylint: disable=g-import-not-at-top
 import peers_model  # pylint: disable=g-import-not-at-top
 import resnet_model  # pylint: disable=g-import-not-at-top
-import restored_model  # pylint: disable=g-import-not-at-top
+from rce.model import restored_model  # pylint: disable=g-import-not-at-top
 import timing  # pylint: disable=g-import-not-at-top
 
 tf1 = tf.compat.v1

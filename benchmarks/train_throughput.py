@@ -26,7 +26,8 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 import dataset_input  # pylint: disable=g-import-not-at-top
 import resnet_model  # pylint: disable=g-import-not-at-top
-import training  # pylint: disable=g-import-not-at-top
+from rce import placement
+from rce.training import training  # pylint: disable=g-import-not-at-top
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras  # pylint: disable=g-import-not-at-top
@@ -291,7 +292,7 @@ class Bench(object):
     k = self.hps.num_classes
     self.images = rng.uniform(-0.5, 0.5, (args.batch_size,) + self.shape).astype(np.float32)
     self.labels = np.eye(k, dtype=np.float32)[rng.randint(0, k, args.batch_size)]
-    devices, self.config = training.tower_devices(0)
+    devices, self.config = placement.tower_devices(0)
     self.ours = build_ours(self.hps, self.spec, self.images, self.labels, devices)
     self.orig = build_original(self.hps, self.images, self.labels)
     # The same ConfigProto (default thread pools) for both sessions.

@@ -1,79 +1,14 @@
-"""Shared fixtures: the repo root on sys.path, the bundled digits data, running the scripts.
+"""Shared fixtures: the bundled digits data and the two models trained once per session.
 
 Every fixture here is CPU-only and seeded; the data fixtures write into pytest's tmp dirs,
-never into the repository.
+never into the repository. The helpers the tests call are in tests/helpers.py.
 """
-import concurrent.futures
 import os
-import subprocess
-import sys
 
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-  sys.path.insert(0, REPO_ROOT)
-
-
-def script_env():
-  """The environment for script subprocesses: this one (PYTHONPATH unchanged), quieter C++."""
-  env = dict(os.environ)
-  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  return env
-
-
-# Output that means a script failed in a way it should not, whatever its exit code.
-UNEXPECTED_OUTPUT = ('Traceback (most recent call last)', '--- Logging error ---')
-
-
-def check_output_clean(proc, args):
-  """Fails the test if a script printed a traceback or a logging error."""
-  for needle in UNEXPECTED_OUTPUT:
-    if needle in (proc.stdout or '') or needle in (proc.stderr or ''):
-      pytest.fail('%r printed %r:\n%s' % (' '.join(str(a) for a in args), needle,
-                                           describe(proc)))
-
-
-def run_script(args, timeout=300, cwd=REPO_ROOT, expect_traceback=False):
-  """Runs `python <args...>` from the repo root; returns the CompletedProcess (text output).
-
-  A run whose output holds a Python traceback or a '--- Logging error ---' fails the test,
-  unless `expect_traceback`.
-
-  Args:
-    args: the script and its arguments, e.g. ['train.py', '--dataset=mnist', ...].
-    timeout: seconds before the run is killed (a test failure).
-    cwd: working directory (default the repo root, as the README commands assume).
-    expect_traceback: the test expects a traceback (do not fail on one).
-  """
-  proc = subprocess.run([sys.executable] + [str(a) for a in args], cwd=cwd, env=script_env(),
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                        timeout=timeout)
-  if not expect_traceback:
-    check_output_clean(proc, args)
-  return proc
-
-
-def popen_script(args, cwd=REPO_ROOT, **kwargs):
-  """Starts `python <args...>` from the repo root without waiting (stdout/stderr to files
-  or pipes as given in kwargs); the caller kills or waits for it."""
-  return subprocess.Popen([sys.executable] + [str(a) for a in args], cwd=cwd,
-                          env=script_env(), **kwargs)
-
-
-def run_parallel(jobs, timeout=600, workers=2, cwds=None):
-  """Runs several scripts (lists of args) at most `workers` at a time, each in its cwd (the
-  repo root unless `cwds` gives one per job); returns the CompletedProcesses in job order."""
-  cwds = cwds or [REPO_ROOT] * len(jobs)
-  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    return list(pool.map(lambda job: run_script(job[0], timeout=timeout, cwd=job[1]),
-                         zip(jobs, cwds)))
-
-
-def describe(proc):
-  """Return code and output tails of a finished script, for assertion messages."""
-  return 'rc=%s\n--- stdout ---\n%s\n--- stderr ---\n%s' % (
-      proc.returncode, (proc.stdout or '')[-3000:], (proc.stderr or '')[-6000:])
+from tests.helpers import MODELS, REPO_ROOT, SHARED_TRAIN_STEPS, describe, run_parallel
+from tests.helpers import train_args
 
 
 @pytest.fixture(scope='session')
@@ -101,66 +36,6 @@ def digits_train(digits_dir):
 def digits_test(digits_dir):
   """Path of the digits test file (mnist format)."""
   return os.path.join(digits_dir, 'data_test.bin')
-
-
-def markdown_table(text, header_start):
-  """Rows (lists of cells) of the Markdown table whose header starts with `header_start`."""
-  lines = text.splitlines()
-  start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
-  header = [c.strip() for c in lines[start].strip().strip('|').split('|')]
-  rows = []
-  for line in lines[start + 2:]:
-    if not line.startswith('|'):
-      break
-    rows.append([c.strip() for c in line.strip().strip('|').split('|')])
-  return header, rows
-
-
-PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-
-
-def is_png(path):
-  """Whether `path` is a PNG that decodes to an RGB(A) image larger than 10x10."""
-  import matplotlib.image  # pylint: disable=g-import-not-at-top
-  with open(path, 'rb') as f:
-    head = f.read(8)
-  if head != PNG_SIGNATURE:
-    return False
-  pixels = matplotlib.image.imread(path)
-  return pixels.ndim == 3 and pixels.shape[0] > 10 and pixels.shape[1] > 10
-
-
-# ---- the scripts' command lines on the digits data (mnist format, ResNet-8 by default) -----
-
-
-def model_flags(log_root, rce, units=1):
-  return ['--dataset=mnist', '--num_gpus=1', '--num_residual_units=%d' % units,
-          '--RCE_train=%s' % rce, '--log_root=%s' % log_root]
-
-
-def train_args(train_file, log_root, total_steps, rce=True, num_gpus=1, extra=()):
-  """The README's train.py command."""
-  return ['train.py', '--train_data_path=%s' % train_file, '--log_root=%s' % log_root,
-          '--train_dir=%s' % os.path.join(str(log_root), 'train'), '--dataset=mnist',
-          '--num_gpus=%d' % num_gpus, '--num_residual_units=1', '--mode=train',
-          '--Optimizer=mom', '--total_steps=%d' % total_steps, '--RCE_train=%s' % rce
-          ] + list(extra)
-
-
-def attack_args(test_file, log_root, rce, method, n, batches=1, units=1, extra=()):
-  """The README's test_adv.py --mode=attack command (the script by absolute path, so that
-  it runs from any working directory)."""
-  return ([os.path.join(REPO_ROOT, 'test_adv.py'), '--eval_data_path=%s' % test_file,
-           '--Optimizer=mom', '--mode=attack', '--attack_method=%s' % method,
-           '--eval_batch_count=%d' % batches, '--attack_batch_size=%d' % n]
-          + model_flags(log_root, rce, units) + list(extra))
-
-
-SHARED_TRAIN_STEPS = 200
-MODELS = ('CE', 'RCE')
-# The AUC columns of the detect table (Table 2), in the paper's order.
-AUC_COLUMNS = ['%s %s' % (metric, model) for metric in ('Confidence', 'non-ME', 'K-density')
-               for model in MODELS]
 
 
 @pytest.fixture(scope='session')

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import attack_args, describe, run_parallel, run_script  # pylint: disable=g-bad-import-order
-import attack_runner  # pylint: disable=g-bad-import-order
+from tests.helpers import attack_args, describe, run_parallel, run_script  # pylint: disable=g-bad-import-order
+from rce.attacking import attack_runner  # pylint: disable=g-bad-import-order
 import attacks
 import dataset_input
-import restored_model
+from rce.detection import detection
+from rce.model import restored_model
 import resnet_model
-import result_files
+from rce.results import result_files
 
 tf1 = tf.compat.v1
 tf1.disable_eager_execution()
@@ -184,7 +185,7 @@ def test_graph_does_not_grow_across_eps_rounds(rce_root, digits_test, fgsm_runs)
       saved = np.load(os.path.join(out, 'adv_img.npy'))
       np.testing.assert_allclose(rounds['fgsm'], saved[[0, 4, 9]], atol=1e-6)
       logits, features = model.outputs(images)
-      pred, conf, nonme = restored_model.prediction_stats(logits)
+      pred, conf, nonme = detection.prediction_stats(logits)
       np.testing.assert_array_equal(np.tile(pred, 10), _load_text(out, 'labels_nor'))
       np.testing.assert_allclose(np.tile(conf, 10), _load_text(out, 'confidence_nor'),
                                  rtol=1e-4)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import attack_names  # pylint: disable=g-bad-import-order
-import attack_runner
+from rce.tables import attack_names  # pylint: disable=g-bad-import-order
+from rce.attacking import attack_runner
 import attacks
 import dataset_input
 import resnet_model

@@ -6,7 +6,7 @@ import pytest
 from sklearn.covariance import EmpiricalCovariance
 from sklearn.pipeline import Pipeline
 
-import characteristics as ch
+from rce.detection import characteristics as ch
 
 
 # ---- LID ---------------------------------------------------------------------------------

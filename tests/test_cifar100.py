@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, describe, markdown_table, run_script  # pylint: disable=g-bad-import-order
+from tests.helpers import REPO_ROOT, describe, markdown_table, run_script  # pylint: disable=g-bad-import-order
 import dataset_input  # pylint: disable=g-bad-import-order
-import result_files
+from rce.results import result_files
 
 K = 100
 
@@ -94,7 +94,7 @@ def test_cifar100_train_test_nor_attack_kernel_and_detect(tmp_path):
     assert data['logits_adv'].shape == (30, 64)
   cw = result_files.attack_dir('carliniL2', 'cifar100', True, results_dir=results)
   labels = np.loadtxt(os.path.join(cw, 'labels_true')).astype(int)
-  targets = __import__('attack_runner').random_targets(labels, 0, K)
+  targets = __import__('rce.attacking.attack_runner', fromlist=['x']).random_targets(labels, 0, K)
   assert (targets != labels).all() and targets.max() < K and len(set(targets)) > 10
   _, rows = markdown_table(detect.stdout, '| Attack | Confidence')
   assert [r[0] for r in rows] == ['FGSM (eps 0.1)', 'C&W'], rows

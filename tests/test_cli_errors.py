@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 
-from conftest import REPO_ROOT, SHARED_TRAIN_STEPS, describe, run_parallel  # pylint: disable=g-bad-import-order
-import checkpoints  # pylint: disable=g-bad-import-order
+from tests.helpers import REPO_ROOT, SHARED_TRAIN_STEPS, describe, run_parallel  # pylint: disable=g-bad-import-order
+from rce.model import checkpoints  # pylint: disable=g-bad-import-order
 
 # (script, flags, words the error must contain). {data} is the digits training file, {dir}
 # a folder (not a data file), {file} a regular file (so no folder can be made under it),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import describe, run_script  # pylint: disable=g-bad-import-order
+from tests.helpers import describe, run_script  # pylint: disable=g-bad-import-order
 import dataset_input  # pylint: disable=g-bad-import-order
 
 tf.compat.v1.disable_eager_execution()

@@ -16,13 +16,14 @@ import pytest
 from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
-from conftest import (AUC_COLUMNS, MODELS, attack_args, describe, is_png,  # pylint: disable=g-bad-import-order
+from tests.helpers import (AUC_COLUMNS, MODELS, attack_args, describe, is_png,  # pylint: disable=g-bad-import-order
                       markdown_table, model_flags, run_parallel, run_script)
-import attack_runner  # pylint: disable=g-bad-import-order
+from rce.detection import detection
+from rce.attacking import attack_runner  # pylint: disable=g-bad-import-order
 import dataset_input
-import detect_report
-import provenance
-import result_files
+from rce.reports import detect_report
+from rce.results import provenance
+from rce.results import result_files
 
 N_ATTACK = 60
 N_WB = 20
@@ -283,7 +284,7 @@ def test_f2_graph_function_matches_the_formula(pipeline):
   numpy formula on the saved adversarial images of each model."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import resnet_model  # pylint: disable=g-import-not-at-top
-  import restored_model  # pylint: disable=g-import-not-at-top
+  from rce.model import restored_model  # pylint: disable=g-import-not-at-top
   tf.compat.v1.disable_eager_execution()
   for model_name in MODELS:
     rce = model_name == 'RCE'
@@ -406,7 +407,7 @@ def test_no_kept_examples_gives_nc_not_a_number(tmp_path):
                        20, rng, kept=0)
     feats = rng.normal(size=(200, 64))
     labels = np.arange(200) % 10
-    params = detect_report.kernel_params(feats, labels, rce, 10, per_class=15, subset=10)
+    params = detection.kernel_params(feats, labels, rce, 10, per_class=15, subset=10)
     model = result_files.model_name(rce)
     result_files.save_kernel_params(result_files.kernel_dir('mnist', results), rce, feats,
                                     labels, params, {'dataset': 'mnist',

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from conftest import PNG_SIGNATURE  # pylint: disable=g-bad-import-order
-import detection
-import report_render
+from tests.helpers import PNG_SIGNATURE  # pylint: disable=g-bad-import-order
+from rce.detection import detection
+from rce.reports import report_render
 
 
 # ---- ROC-AUC ----------------------------------------------------------------------------
@@ -148,9 +148,9 @@ def test_roc_auc_unknown_tie_rule_raises_naming_the_valid_ones(bad):
 
 
 def test_detect_passes_the_tie_rule_records_it_and_notes_it(tmp_path, monkeypatch):
-  import detect_report  # pylint: disable=g-import-not-at-top
-  import result_files  # pylint: disable=g-import-not-at-top
-  import test_provenance  # pylint: disable=g-import-not-at-top
+  from rce.reports import detect_report  # pylint: disable=g-import-not-at-top
+  from rce.results import result_files  # pylint: disable=g-import-not-at-top
+  from tests import test_provenance  # pylint: disable=g-import-not-at-top
   results = str(tmp_path / 'results')
   for seed, model in enumerate(('CE', 'RCE')):
     test_provenance._save_attack(results, model, seed)  # pylint: disable=protected-access

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import (MODELS, attack_args, describe, markdown_table, model_flags,  # pylint: disable=g-bad-import-order
+from tests.helpers import (MODELS, attack_args, describe, markdown_table, model_flags,  # pylint: disable=g-bad-import-order
                       run_parallel, run_script)
-import characteristics  # pylint: disable=g-bad-import-order
-import characteristics_runner
-import detect_characteristics
-import io_utils
+from rce.detection import characteristics  # pylint: disable=g-bad-import-order
+from rce.detection import characteristics_runner
+from rce.detection import detect_characteristics
+from rce.results import io_utils
 import resnet_model
-import result_files
+from rce.results import result_files
 
 tf1 = tf.compat.v1
 N_ATTACK = 100
@@ -172,7 +172,7 @@ def test_table4_csv_and_per_example_scores_agree_with_the_protocol(compared):
 
 def test_characteristics_do_not_depend_on_the_batch(compared, tmp_path):
   """Computed at --lid_batch 100 over extraction batches of 100 and of 7: the same arrays."""
-  import restored_model  # pylint: disable=g-import-not-at-top
+  from rce.model import restored_model  # pylint: disable=g-import-not-at-top
   directory = result_files.attack_dir('fgsm', 'mnist', True, results_dir=compared['results'])
   kernel, _ = result_files.load_kernel_params(
       result_files.kernel_dir('mnist', compared['results']), True, 'mnist')

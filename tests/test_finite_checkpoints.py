@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-import checkpoints
-from conftest import (REPO_ROOT, attack_args, describe, model_flags,  # pylint: disable=g-bad-import-order
+from rce.model import checkpoints
+from tests.helpers import (REPO_ROOT, attack_args, describe, model_flags,  # pylint: disable=g-bad-import-order
                       run_parallel, run_script, train_args)
 
 tf1 = tf.compat.v1

@@ -1,7 +1,7 @@
 """benchmarks/gpu_check.py --smoke on the CPU: one table, a row per part, real numbers."""
 import re
 
-from conftest import describe, markdown_table, run_script  # pylint: disable=g-bad-import-order
+from tests.helpers import describe, markdown_table, run_script  # pylint: disable=g-bad-import-order
 
 
 def _numbers(text, unit):

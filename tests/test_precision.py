@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SHARED_TRAIN_STEPS, describe, run_script, train_args  # pylint: disable=g-bad-import-order
+from tests.helpers import SHARED_TRAIN_STEPS, describe, run_script, train_args  # pylint: disable=g-bad-import-order
 import dataset_input  # pylint: disable=g-bad-import-order
 import resnet_model
-import result_files
-import training
+from rce import placement
+from rce.results import result_files
+from rce.training import training
 
 tf.compat.v1.disable_eager_execution()
 tf1 = tf.compat.v1
@@ -25,7 +26,7 @@ def _batch(batch=8, seed=0):
 
 
 def _train_graph(precision_mode, x, y):
-  devices, config = training.tower_devices(0)
+  devices, config = placement.tower_devices(0)
   graph = training.build_train_graph(HPS, dataset_input.get_spec('mnist'), tf.constant(x),
                                      tf.constant(y), devices, precision_mode=precision_mode)
   return graph, config

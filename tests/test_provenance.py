@@ -11,10 +11,11 @@ import shutil
 import numpy as np
 import pytest
 
-import detect_report
-import io_utils
-import provenance
-import result_files
+from rce.detection import detection
+from rce.reports import detect_report
+from rce.results import io_utils
+from rce.results import provenance
+from rce.results import result_files
 
 N = 30
 
@@ -52,7 +53,7 @@ def _save_kernels(results, fingerprints=None, data_shas=None):
   rng = np.random.RandomState(1)
   for model in ('CE', 'RCE'):
     feats, labels = rng.normal(size=(200, 64)), np.arange(200) % 10
-    params = detect_report.kernel_params(feats, labels, model == 'RCE', 10, per_class=15,
+    params = detection.kernel_params(feats, labels, model == 'RCE', 10, per_class=15,
                                          subset=10)
     prov = _provenance(fingerprint=(fingerprints or {}).get(model, 'f' * 64),
                        data_sha=(data_shas or {}).get(model, 't' * 64), model=model)
@@ -191,7 +192,7 @@ def test_a_folder_of_the_other_model_is_refused(results):
 def test_white_box_attack_refuses_the_kernel_of_another_checkpoint(shared_models, digits_train,
                                                                    digits_test, tmp_path):
   """C&W-wb reads the kernel files: they must come from the checkpoint it attacks."""
-  from conftest import attack_args, describe, model_flags, run_script  # pylint: disable=g-import-not-at-top
+  from tests.helpers import attack_args, describe, model_flags, run_script  # pylint: disable=g-import-not-at-top
   results = str(tmp_path / 'results')
   made = run_script(['test_adv.py', '--mode=kernel_para', '--train_data_path=%s' % digits_train,
                      '--results_dir=%s' % results, '--eval_batch_count=2',

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-import report_tables
-from report_tables import MISSING, Table
+from rce.reports import report_tables
+from rce.reports.report_tables import MISSING, Table
 
 
 def test_mean_sd_cell_of_numbers_counts_not_computable_and_strings():

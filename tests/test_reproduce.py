@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (AUC_COLUMNS, MODELS, PNG_SIGNATURE, describe, markdown_table,  # pylint: disable=g-bad-import-order
+from tests.helpers import (AUC_COLUMNS, MODELS, PNG_SIGNATURE, describe, markdown_table,  # pylint: disable=g-bad-import-order
                       popen_script, run_script)
 
 ATTACK_ROWS = ('FGSM', 'BIM', 'ILCM', 'JSMA', 'C&W', 'C&W-hc', 'C&W-wb')

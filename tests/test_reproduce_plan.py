@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-import attack_names
+from rce.tables import attack_names
 import reproduce
 
 

@@ -12,9 +12,9 @@ import os
 import numpy as np
 import pytest
 
-import io_utils
-import provenance
-import result_files
+from rce.results import io_utils
+from rce.results import provenance
+from rce.results import result_files
 
 N = 7
 ROUNDS = (1, 3, 10)

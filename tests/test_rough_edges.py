@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import (REPO_ROOT, SHARED_TRAIN_STEPS, attack_args, describe, model_flags,  # pylint: disable=g-bad-import-order
+from tests.helpers import (REPO_ROOT, SHARED_TRAIN_STEPS, attack_args, describe, model_flags,  # pylint: disable=g-bad-import-order
                       run_parallel, run_script, train_args)
-import checkpoints  # pylint: disable=g-bad-import-order
-import io_utils  # pylint: disable=g-bad-import-order
-import provenance  # pylint: disable=g-bad-import-order
-import result_files  # pylint: disable=g-bad-import-order
-import training  # pylint: disable=g-bad-import-order
+from rce.model import checkpoints  # pylint: disable=g-bad-import-order
+from rce.results import io_utils  # pylint: disable=g-bad-import-order
+from rce.results import provenance  # pylint: disable=g-bad-import-order
+from rce.results import result_files  # pylint: disable=g-bad-import-order
+from rce.training import training  # pylint: disable=g-bad-import-order
 
 TRAIN_EXTRA = ['--test_every_steps=0', '--checkpoint_steps=5']
 NO_SPACE = 'No space left on device'
@@ -44,9 +44,9 @@ def full_disk(filename, contents, overwrite=True):
   return real_write(filename, contents, overwrite)
 
 file_io.atomic_write_string_to_file = full_disk
-import common_flags
+from rce.flags import strict
 import %(script)s as script
-common_flags.run_script(script.define_flags, script.%(main)s)
+strict.run_script(script.define_flags, script.%(main)s)
 '''
 
 # Runs a script with every fsync failing with ENOSPC and no file name, as a full disk does
@@ -59,9 +59,9 @@ def full_disk(fd):
   raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 os.fsync = full_disk
-import common_flags
+from rce.flags import strict
 import %(script)s as script
-common_flags.run_script(script.define_flags, script.%(main)s)
+strict.run_script(script.define_flags, script.%(main)s)
 '''
 
 

@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import attack_args, describe, run_parallel, run_script  # pylint: disable=g-bad-import-order
-import result_files  # pylint: disable=g-bad-import-order
+from tests.helpers import attack_args, describe, run_parallel, run_script  # pylint: disable=g-bad-import-order
+from rce.results import result_files  # pylint: disable=g-bad-import-order
 
 N = 40
 CW = ['--cw_max_iterations=20', '--cw_binary_search_steps=2', '--cw_batch_size=20']

@@ -13,13 +13,13 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from conftest import markdown_table  # pylint: disable=g-bad-import-order
-import detect_report
-import detection
-import provenance
-import report_render
-import report_tables
-import result_files
+from tests.helpers import markdown_table  # pylint: disable=g-bad-import-order
+from rce.reports import detect_report
+from rce.detection import detection
+from rce.results import provenance
+from rce.reports import report_render
+from rce.reports import report_tables
+from rce.results import result_files
 
 
 def _curve(rng, shift, n=40):
@@ -236,7 +236,7 @@ def _write_fake_results(results, rng, n=40):
         'provenance': _provenance(model)})
     train = rng.normal(size=(200, 64))
     train_labels = np.arange(200) % 10
-    params = detect_report.kernel_params(train, train_labels, rce, 10, per_class=15, subset=10)
+    params = detection.kernel_params(train, train_labels, rce, 10, per_class=15, subset=10)
     result_files.save_kernel_params(result_files.kernel_dir('mnist', results), rce, train,
                                     train_labels, params,
                                     {'dataset': 'mnist', 'provenance': _provenance(model)})

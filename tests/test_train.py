@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import describe, popen_script, run_script, train_args  # pylint: disable=g-bad-import-order
-import checkpoints  # pylint: disable=g-bad-import-order
+from tests.helpers import describe, popen_script, run_script, train_args  # pylint: disable=g-bad-import-order
+from rce import placement
+from rce.model import evaluation
+from rce.model import checkpoints  # pylint: disable=g-bad-import-order
 import dataset_input
 import resnet_model
-import training
+from rce.training import training
 
 tf.compat.v1.disable_eager_execution()
 tf1 = tf.compat.v1
@@ -30,7 +32,7 @@ TRAIN_STEPS = 300  # the shared RCE model; reaches ~0.96 test precision at 200 s
 
 def test_tower_devices_fall_back_to_virtual_cpus_with_a_warning(caplog):
   with caplog.at_level(logging.WARNING):
-    devices, config = training.tower_devices(2, gpus_present=0)
+    devices, config = placement.tower_devices(2, gpus_present=0)
   assert devices == ['/cpu:0', '/cpu:1']
   assert config.device_count['CPU'] == 2
   assert config.allow_soft_placement
@@ -40,12 +42,12 @@ def test_tower_devices_fall_back_to_virtual_cpus_with_a_warning(caplog):
 
 
 def test_tower_devices_cpu_and_gpus():
-  devices, config = training.tower_devices(0, gpus_present=0)
+  devices, config = placement.tower_devices(0, gpus_present=0)
   assert devices == ['/cpu:0'] and 'CPU' not in config.device_count
-  devices, config = training.tower_devices(2, gpus_present=4)
+  devices, config = placement.tower_devices(2, gpus_present=4)
   assert devices == ['/gpu:0', '/gpu:1'] and 'CPU' not in config.device_count
   with pytest.raises(ValueError, match='num_gpus'):
-    training.tower_devices(-1, gpus_present=0)
+    placement.tower_devices(-1, gpus_present=0)
 
 
 def _fixed_batch(batch=4, size=8, seed=0):
@@ -56,7 +58,7 @@ def _fixed_batch(batch=4, size=8, seed=0):
 
 
 def test_averaged_tower_gradients_equal_gradient_of_mean_tower_loss():
-  devices, config = training.tower_devices(2, gpus_present=0)
+  devices, config = placement.tower_devices(2, gpus_present=0)
   x, y = _fixed_batch()
   with tf.Graph().as_default() as graph:
     tf1.set_random_seed(0)
@@ -90,7 +92,7 @@ def test_averaged_tower_gradients_equal_gradient_of_mean_tower_loss():
 
 
 def test_train_graph_two_towers_one_sgd_step():
-  devices, config = training.tower_devices(2, gpus_present=0)
+  devices, config = placement.tower_devices(2, gpus_present=0)
   hps = SMALL_RCE._replace(optimizer='sgd')
   x, y = _fixed_batch(seed=1)
   with tf.Graph().as_default():
@@ -112,7 +114,7 @@ def test_train_graph_two_towers_one_sgd_step():
 
 
 def test_batch_that_does_not_divide_over_towers_is_rejected():
-  devices, _ = training.tower_devices(2, gpus_present=0)
+  devices, _ = placement.tower_devices(2, gpus_present=0)
   x, y = _fixed_batch(batch=5)
   with tf.Graph().as_default():
     with pytest.raises(ValueError, match='divide'):
@@ -124,8 +126,8 @@ def test_precision_uses_the_flip():
   argmin = np.eye(10, dtype=np.float32)[np.argmin(logits, 1)]
   with tf.Graph().as_default(), tf1.Session() as sess:
     flipped = resnet_model.flip_logits(tf.constant(logits), True)  # an RCE model's predictions
-    assert sess.run(training.precision(flipped, tf.constant(argmin))) == 1.0
-    assert sess.run(training.precision(tf.constant(logits), tf.constant(argmin))) == 0.0
+    assert sess.run(evaluation.precision(flipped, tf.constant(argmin))) == 1.0
+    assert sess.run(evaluation.precision(tf.constant(logits), tf.constant(argmin))) == 0.0
 
 
 @pytest.mark.parametrize('dataset,steps_and_rates', [

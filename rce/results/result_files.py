@@ -43,7 +43,9 @@ import os
 
 import numpy as np
 
-import io_utils
+from rce.results import io_utils
+from rce.tables import errors
+from rce.tables import models
 
 SUMMARY = 'summary.json'
 CLEAN_RESULT = 'precision.json'  # test_nor.py's result, in --eval_dir
@@ -52,15 +54,9 @@ ADV_FILES = ('entropy_adv', 'confidence_adv', 'logits_adv', 'labels_adv', 'L2_di
 TEXT_FILES = NOR_FILES + ADV_FILES + ('labels_true',)
 # The files of the fixed normal image set: given with N rows, written once per eps round.
 REPEATED_FILES = NOR_FILES + ('labels_true',)
-MODELS = ('CE', 'RCE')
-
-
-class ResultsError(ValueError):
-  """Missing, incomplete or inconsistent result files; the message names them."""
-
-
-def model_name(rce):
-  return 'RCE' if rce else 'CE'
+MODELS = models.MODELS
+ResultsError = errors.ResultsError
+model_name = models.model_name
 
 
 def attack_dir(attack, dataset, rce, save_pwd=None, results_dir='.'):

@@ -12,9 +12,9 @@ import os
 
 import numpy as np
 
-import attack_runner
-import provenance
-import result_files
+from rce.attacking import attack_runner
+from rce.results import provenance
+from rce.results import result_files
 
 # attack_stats of C&W-wb averaged over the examples Table 3 counts, not over all examples.
 _TABLE3_MEANS = ('ratio_f2_positive', 'rms_distortion', 'mean_l2_distortion')

@@ -27,6 +27,8 @@ from sklearn.model_selection import StratifiedShuffleSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler
 
+from rce.tables import perturbation
+
 # Queries whose distances are computed at once; bounds memory at _QUERY_CHUNK x (reference
 # rows) float64 besides the inputs.
 _QUERY_CHUNK = 1024
@@ -312,7 +314,8 @@ def _check_range(x, clip_min, clip_max):
                      % (clip_min, clip_max, x.min(), x.max()))
 
 
-def noisy_copies(images, target_mean_l2, seed, clip_min=-0.5, clip_max=0.5, match=None):
+def noisy_copies(images, target_mean_l2, seed, clip_min=perturbation.IMAGE_MIN,
+                 clip_max=perturbation.IMAGE_MAX, match=None):
   """Gaussian-noise copies of `images` whose mean L2 distortion equals `target_mean_l2`.
 
   The "noisy" negatives of Ma et al.: clip(image + s * n) with n ~ N(0, 1) per pixel from
@@ -356,7 +359,7 @@ def noisy_copies(images, target_mean_l2, seed, clip_min=-0.5, clip_max=0.5, matc
   return np.clip(x + scale * noise, clip_min, clip_max).astype(np.float32)
 
 
-def l0_noisy_copies(images, adversarial, seed, clip_max=0.5):
+def l0_noisy_copies(images, adversarial, seed, clip_max=perturbation.IMAGE_MAX):
   """L0-noise copies for an L0 attack (JSMA), as Feinman et al.'s and Ma et al.'s `flip`.
 
   Per image, as many pixels as the attack changed in it (adversarial != image), drawn at

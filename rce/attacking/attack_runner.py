@@ -11,21 +11,14 @@ import numpy as np
 import tensorflow as tf
 
 import attacks
-import restored_model
+from rce.detection import detection
 
 tf1 = tf.compat.v1
-
-EPS_SWEEP = tuple(round(0.02 * i, 2) for i in range(1, 11))
 
 # The attacks' parameters from the flags: `cw_overrides` maps each of attacks.CW_SETTINGS to
 # the value given on the command line, or None (the attack's own default).
 AttackParams = collections.namedtuple('AttackParams', [
     'batch_size', 'nb_iter', 'jsma_max_iter', 'tgsm_target', 'cw_overrides', 'seed'])
-
-
-def eps_schedule(eps):
-  """[eps] when a single eps is asked for (> 0), else the paper's sweep 0.02 .. 0.20."""
-  return [float(eps)] if eps > 0 else list(EPS_SWEEP)
 
 
 def cw_batch_sizes(num_images, given, gpus):
@@ -258,14 +251,14 @@ def round_stats(labels, pred_nor, pred_adv, conf_adv, nonme_adv, l2, eps):
 def collect(model, images, labels, adv_rounds, eps_list):
   """The original's result arrays and per-round statistics of the adversarial rounds."""
   logits_nor, feat_nor = model.outputs(images)
-  pred_nor, conf_nor, nonme_nor = restored_model.prediction_stats(logits_nor)
+  pred_nor, conf_nor, nonme_nor = detection.prediction_stats(logits_nor)
   arrays = {'labels_true': labels, 'labels_nor': pred_nor, 'confidence_nor': conf_nor,
             'entropy_nor': nonme_nor, 'logits_nor': feat_nor, 'nor_img': images,
             'adv_img': adv_rounds}
   per_round, adv_parts = [], collections.defaultdict(list)
   for eps, adv in zip(eps_list, adv_rounds):
     logits_adv, feat_adv = model.outputs(adv)
-    pred_adv, conf_adv, nonme_adv = restored_model.prediction_stats(logits_adv)
+    pred_adv, conf_adv, nonme_adv = detection.prediction_stats(logits_adv)
     l2 = attacks.l2_per_example(adv, images)
     for name, value in (('labels_adv', pred_adv), ('confidence_adv', conf_adv),
                         ('entropy_adv', nonme_adv), ('logits_adv', feat_adv),

@@ -6,9 +6,8 @@ model function applies the RCE flip, images are fed, nothing is added per batch 
 import numpy as np
 import tensorflow as tf
 
-import checkpoints
+from rce.model import checkpoints
 import dataset_input
-import detection
 import resnet_model
 
 tf1 = tf.compat.v1
@@ -62,8 +61,3 @@ class RestoredModel(object):
   def close(self):
     self.sess.close()
 
-
-def prediction_stats(logits):
-  """Predicted labels, confidence and non-ME of flipped logits [N, 10] (numpy)."""
-  probs = detection.softmax(logits)
-  return probs.argmax(axis=1), detection.confidence(probs), detection.non_me(probs)

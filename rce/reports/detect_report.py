@@ -1,4 +1,4 @@
-"""The detection report: kernel parameters, AUC table (paper's Table 2), ROC curves, thresholds.
+"""The detection report: AUC table (paper's Table 2), ROC curves, thresholds.
 
 Replaces the original's others.py and Matlab scripts. Works on the files of result_files.py.
 """
@@ -9,41 +9,14 @@ import os
 from absl import logging
 import numpy as np
 
-import attack_names
-import detect_characteristics as dchar
-import detection
-import io_utils
-import provenance
-import report_render
-import report_tables
-import result_files
-
-
-def kernel_params(features, labels, rce, num_classes, per_class=1000, subset=100, seed=0):
-  """Kernel points, the white-box subset and its per-class median densities.
-
-  Args:
-    features: [N, 64] training features; labels: [N] true labels in [0, num_classes).
-    rce: selects sigma2.
-    num_classes: number of classes K of the dataset; every class must be present.
-    per_class: kernel points per class (detection); subset: points per class (C&W-wb).
-    seed: seed of the draws of the kernel points and of the subset.
-
-  Returns:
-    dict of arrays for result_files.save_kernel_params; 'medians' and 'subset_medians' are
-    [num_classes] float64.
-  """
-  sigma2 = detection.sigma2_for(rce)
-  points, point_labels = detection.select_kernel_points(features, labels, num_classes,
-                                                        per_class, seed)
-  sub_points, sub_labels = detection.subset_per_class(points, point_labels, subset, seed)
-  kd_sub = detection.KernelDensity(sigma2).fit(sub_points, sub_labels)
-  medians = detection.per_class_median_density(kd_sub, features, labels, num_classes)
-  kd = detection.KernelDensity(sigma2).fit(points, point_labels)
-  train_medians = detection.per_class_median_density(kd, features, labels, num_classes)
-  return {'points': points, 'point_labels': point_labels, 'subset_points': sub_points,
-          'subset_labels': sub_labels, 'subset_medians': medians,
-          'medians': train_medians, 'sigma2': np.float64(sigma2), 'seed': np.int64(seed)}
+from rce.tables import attack_names
+from rce.detection import detect_characteristics as dchar
+from rce.detection import detection
+from rce.results import io_utils
+from rce.results import provenance
+from rce.reports import report_render
+from rce.reports import report_tables
+from rce.results import result_files
 
 
 def _scores(data, kd, side):

@@ -8,7 +8,7 @@ import os
 import time
 import uuid
 
-import io_utils
+from rce.results import io_utils
 
 
 def new_run_id():

@@ -18,9 +18,9 @@ from matplotlib.lines import Line2D
 import numpy as np
 from sklearn.manifold import TSNE
 
-import detection
-import io_utils
-import report_tables
+from rce.detection import detection
+from rce.results import io_utils
+from rce.reports import report_tables
 
 # Column order of the tables: the detection scores, then the models.
 TABLE_METRICS = detection.METRICS

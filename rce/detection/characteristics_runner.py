@@ -21,11 +21,11 @@ import os
 import numpy as np
 import tensorflow as tf
 
-import attack_names
+from rce.tables import attack_names
 import attacks
-import characteristics
-import detection
-import result_files
+from rce.detection import characteristics
+from rce.detection import detection
+from rce.results import result_files
 
 tf1 = tf.compat.v1
 

@@ -1,4 +1,4 @@
-"""Training graph: devices, towers with averaged gradients, optimizers, learning-rate schedule.
+"""Training graph: towers with averaged gradients, optimizers, learning-rate schedule.
 
 With N towers, one model copy per device shares the variables (AUTO_REUSE), each tower gets
 an even slice of the global batch, the gradients of the per-tower losses are averaged and
@@ -17,8 +17,9 @@ import time
 from absl import logging
 import tensorflow as tf
 
-import dataset_input
-import io_utils
+from rce.model import evaluation
+from rce.results import io_utils
+from rce.tables import models
 import resnet_model
 
 tf1 = tf.compat.v1
@@ -26,35 +27,6 @@ tf1 = tf.compat.v1
 TrainGraph = collections.namedtuple('TrainGraph', [
     'train_op', 'loss', 'precision', 'learning_rate', 'global_step', 'tower_losses',
     'grads_and_vars'])
-
-
-def available_gpus():
-  return len(tf.config.list_physical_devices('GPU'))
-
-
-def tower_devices(num_gpus, gpus_present=None):
-  """Devices for `num_gpus` towers and the session ConfigProto that provides them.
-
-  Args:
-    num_gpus: the --num_gpus flag; 0 is one tower on the CPU.
-    gpus_present: GPUs that exist (default: the ones TensorFlow sees).
-
-  Returns:
-    (devices, config): a list of device strings, one per tower, and a ConfigProto.
-  """
-  if num_gpus < 0:
-    raise ValueError('--num_gpus must be >= 0, got %d' % num_gpus)
-  gpus_present = available_gpus() if gpus_present is None else gpus_present
-  config = tf1.ConfigProto(allow_soft_placement=True)
-  config.gpu_options.allow_growth = True
-  if num_gpus == 0:
-    return ['/cpu:0'], config
-  if gpus_present >= num_gpus:
-    return ['/gpu:%d' % i for i in range(num_gpus)], config
-  logging.warning('--num_gpus=%d but %d GPU(s) present: running the %d tower(s) on %d '
-                  'virtual CPU device(s)', num_gpus, gpus_present, num_gpus, num_gpus)
-  config.device_count['CPU'] = num_gpus
-  return ['/cpu:%d' % i for i in range(num_gpus)], config
 
 
 # --precision: the dtype the network computes in while training, and whether the loss is
@@ -66,6 +38,7 @@ PRECISIONS = {
     'mixed_float16': Precision(tf.float16, True),
     'mixed_bfloat16': Precision(tf.bfloat16, False),
 }
+assert tuple(PRECISIONS) == models.PRECISION_NAMES  # the flag's choices are the table's
 
 
 def learning_rate(spec, global_step, schedule=None):
@@ -135,37 +108,6 @@ def build_towers(hps, images, labels, devices, precision_mode='fp32', loss_scale
   return losses, grads, tf.concat(logits, 0), updates
 
 
-def correct_predictions(logits, labels):
-  """Bool [B]: argmax of the prediction logits equals the one-hot label."""
-  return tf.equal(tf.argmax(logits, axis=1), tf.argmax(labels, axis=1))
-
-
-def precision(logits, labels):
-  """Fraction of the batch predicted correctly (prediction logits: the RCE flip applied)."""
-  return tf.reduce_mean(tf.cast(correct_predictions(logits, labels), tf.float32))
-
-
-def correct_and_count(logits, labels):
-  """(number correct, batch size) as int64 scalars, for precision over many batches."""
-  correct = tf.reduce_sum(tf.cast(correct_predictions(logits, labels), tf.int64))
-  return correct, tf.shape(labels, out_type=tf.int64)[0]
-
-
-def build_test_precision(hps, dataset, pattern, batch_size, files=None):
-  """The eval-mode model on a fixed-order pass over the test files, in the default graph.
-
-  Returns (iterator, correct, count): re-initialize `iterator` for each pass, then sum
-  `correct` and `count` over its batches.
-  """
-  with tf.device('/cpu:0'):
-    ds = dataset_input.make_dataset(dataset, pattern, batch_size, train=False, files=files)
-    iterator = tf1.data.make_initializable_iterator(ds)
-    images, labels = iterator.get_next()
-  correct, count = correct_and_count(resnet_model.build_network(hps, images, 'eval').logits,
-                                     labels)
-  return iterator, correct, count
-
-
 def build_train_graph(hps, spec, images, labels, devices, schedule=None,
                       precision_mode='fp32'):
   """The whole training step: towers, averaged gradients, one apply, BN updates.
@@ -192,7 +134,7 @@ def build_train_graph(hps, spec, images, labels, devices, schedule=None,
     apply_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
     train_op = tf.group(apply_op, *updates, name='train_step')
     loss = tf.add_n(losses) / float(len(losses))
-    prec = precision(logits, labels)
+    prec = evaluation.precision(logits, labels)
   tf1.summary.scalar('cost', loss)
   tf1.summary.scalar('learning_rate', lr)
   tf1.summary.scalar('precision', prec)

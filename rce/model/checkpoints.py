@@ -19,7 +19,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-import io_utils
+from rce.results import io_utils
+from rce.tables import errors
 import resnet_model
 
 tf1 = tf.compat.v1
@@ -30,8 +31,7 @@ LINEAGE_FILE = 'train_lineage.json'
 LOSS_SCALE_VARIABLES = ('current_loss_scale', 'good_steps')
 
 
-class CheckpointError(ValueError):
-  """No usable checkpoint, or one that does not fit the model built from the flags."""
+CheckpointError = errors.CheckpointError
 
 
 def checkpoint_paths(log_root):

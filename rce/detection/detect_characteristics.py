@@ -25,8 +25,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-import characteristics
-import detection
+from rce.detection import characteristics
+from rce.detection import detection
 
 DETECTORS = ('k_density', 'lid', 'mahalanobis')
 DETECTOR_NAMES = {'k_density': 'K-density', 'lid': 'LID', 'mahalanobis': 'Mahalanobis'}

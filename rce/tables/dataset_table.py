@@ -8,6 +8,8 @@ import collections
 
 import numpy as np
 
+from rce.tables import errors
+
 # The dataset table: the one place that knows image size, classes, record layout,
 # preprocessing, the learning-rate schedule and the file names of each data set. A record is
 # `header_values` values (the label at `label_index`), then the pixels.
@@ -38,8 +40,7 @@ DATASETS = {
 }
 
 
-class DataError(ValueError):
-  """A data file or pattern that cannot be used; the message names the file and the problem."""
+DataError = errors.DataError
 
 
 def get_spec(dataset):

@@ -10,21 +10,14 @@ Command lines are strict: an unknown or misspelled flag, a bad choice or an out-
 ends the script with one 'error: ...' line before any data is read or graph built (absl's own
 parse, which suggests the flag meant; bounds and validators are declared with the flags).
 """
-import sys
-
-from absl import app
-from absl import logging
-import tensorflow as tf
-
-import attack_names
-import checkpoints
-import dataset_input
-import io_utils
+from rce.flags import strict
+from rce.tables import attack_names
+from rce.tables import dataset_table
+from rce.tables import models
 import resnet_model
-import training
 
-flags = tf.compat.v1.app.flags
-FLAGS = flags.FLAGS
+flags = strict.flags
+FLAGS = strict.FLAGS
 
 _defined = set()
 
@@ -55,7 +48,7 @@ def _positive(name, help_text):
 @_once('base')
 def define_base_flags():
   """Data set, model shape, checkpoint location and devices (every script)."""
-  flags.DEFINE_enum('dataset', 'mnist', sorted(dataset_input.DATASETS), 'Data set.')
+  flags.DEFINE_enum('dataset', 'mnist', sorted(dataset_table.DATASETS), 'Data set.')
   flags.DEFINE_string('mode', None, 'train (train.py), eval (test_nor.py), '
                       'attack | kernel_para | detect (test_adv.py).')
   flags.DEFINE_string('log_root', '', 'Directory of the checkpoints.')
@@ -96,7 +89,7 @@ def define_train_flags():
   flags.DEFINE_list('lr_values', None, 'Learning rates, one more than --lr_boundaries '
                     '(default: the data set\'s).')
   flags.register_multi_flags_validator(['lr_boundaries', 'lr_values'], _check_schedule)
-  flags.DEFINE_enum('precision', 'fp32', list(training.PRECISIONS),
+  flags.DEFINE_enum('precision', 'fp32', list(models.PRECISION_NAMES),
                     'Training arithmetic: fp32, or mixed precision with float32 variables, '
                     'loss and BN statistics (mixed_float16 with dynamic loss scaling, '
                     'mixed_bfloat16). Evaluation, attacks and detection are float32.')
@@ -200,7 +193,7 @@ def define_attack_flags():
 def hparams_from_flags():
   """The immutable model hyper-parameters of the parsed flags (classes from the data set)."""
   return resnet_model.default_hparams(
-      num_classes=dataset_input.get_spec(FLAGS.dataset).num_classes,
+      num_classes=dataset_table.get_spec(FLAGS.dataset).num_classes,
       num_residual_units=FLAGS.num_residual_units,
       use_bottleneck=FLAGS.use_bottleneck, optimizer=FLAGS.Optimizer,
       RCE_train=FLAGS.RCE_train)
@@ -218,41 +211,3 @@ def require_flags(script, *names):
   for name in names:
     if not FLAGS[name].value:
       raise ValueError('%s needs --%s (%s)' % (script, name, FLAGS[name].help))
-
-
-def _parse_strictly(argv):
-  """absl's parse, with every flag known: unknown flags, bad values and stray words are errors."""
-  try:
-    rest = FLAGS(argv)
-  except flags.Error as e:
-    sys.exit('error: %s' % e)
-  if len(rest) > 1:
-    sys.exit('error: unexpected argument(s) %s (every option is a --flag=value)'
-             % ' '.join(repr(a) for a in rest[1:]))
-  return rest
-
-
-def run_strict(body):
-  """Parses the command line strictly, then runs `body()`; bad input ends in one line.
-
-  ValueError (and its subclasses DataError / ResultsError), CheckpointError and OSError end
-  the script with 'error: ...' on stderr and exit status 1, not a traceback.
-  """
-  def main(argv):
-    del argv
-    try:
-      body()
-    except (ValueError, checkpoints.CheckpointError) as e:
-      sys.exit('error: %s' % e)
-    except OSError as e:
-      sys.exit('error: %s' % io_utils.os_error_text(e))
-
-  app.run(main, flags_parser=_parse_strictly)
-
-
-def run_script(define_flags, body):
-  """The entry point of every TensorFlow script: flags, graph mode, logging, then `body()`."""
-  define_flags()
-  tf.compat.v1.disable_eager_execution()
-  logging.set_verbosity(logging.INFO)
-  run_strict(body)

@@ -43,6 +43,12 @@ def softmax(logits):
   return e / e.sum(axis=-1, keepdims=True)
 
 
+def prediction_stats(logits):
+  """Predicted labels, confidence and non-ME of flipped logits [N, K] (numpy)."""
+  probs = softmax(logits)
+  return probs.argmax(axis=1), confidence(probs), non_me(probs)
+
+
 def confidence(probs):
   """Max probability per row: [N, K] probabilities -> [N] float64."""
   return np.asarray(probs, np.float64).max(axis=1)
@@ -206,6 +212,33 @@ def per_class_median_density(kd, features, labels, num_classes):
       raise ValueError('Class %d has no training features.' % c)
     medians[c] = np.median(scores[labels == c])
   return medians
+
+
+def kernel_params(features, labels, rce, num_classes, per_class=1000, subset=100, seed=0):
+  """Kernel points, the white-box subset and its per-class median densities.
+
+  Args:
+    features: [N, 64] training features; labels: [N] true labels in [0, num_classes).
+    rce: selects sigma2.
+    num_classes: number of classes K of the dataset; every class must be present.
+    per_class: kernel points per class (detection); subset: points per class (C&W-wb).
+    seed: seed of the draws of the kernel points and of the subset.
+
+  Returns:
+    dict of arrays for result_files.save_kernel_params; 'medians' and 'subset_medians' are
+    [num_classes] float64.
+  """
+  sigma2 = sigma2_for(rce)
+  points, point_labels = select_kernel_points(features, labels, num_classes,
+                                                        per_class, seed)
+  sub_points, sub_labels = subset_per_class(points, point_labels, subset, seed)
+  kd_sub = KernelDensity(sigma2).fit(sub_points, sub_labels)
+  medians = per_class_median_density(kd_sub, features, labels, num_classes)
+  kd = KernelDensity(sigma2).fit(points, point_labels)
+  train_medians = per_class_median_density(kd, features, labels, num_classes)
+  return {'points': points, 'point_labels': point_labels, 'subset_points': sub_points,
+          'subset_labels': sub_labels, 'subset_medians': medians,
+          'medians': train_medians, 'sigma2': np.float64(sigma2), 'seed': np.int64(seed)}
 
 
 def kept_mask(labels_true, labels_nor, labels_adv):

@@ -1,0 +1,6 @@
+"""The support code of the scripts, one sub-package per job (the README's module map).
+
+From the top layer down (.importlinter holds it): reports; attacking | training; detection;
+model; flags | placement; then the design card's attacks/; results; tables. The tables and
+the result files import no TensorFlow.
+"""

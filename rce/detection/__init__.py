@@ -1,0 +1,1 @@
+"""Detectors: K-density, confidence and non-ME scores; LID and Mahalanobis characteristics."""

@@ -1,0 +1,1 @@
+"""The model as stored: checkpoints, a restored model for inference, clean precision."""

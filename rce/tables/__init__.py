@@ -1,0 +1,1 @@
+"""TensorFlow-free tables: data sets, attacks, model names, image range and eps sweep, errors."""

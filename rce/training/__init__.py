@@ -1,0 +1,1 @@
+"""Training: the multi-tower training graph, its hooks and its safe checkpoint writes."""
