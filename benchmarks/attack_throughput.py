@@ -6,24 +6,20 @@ times one run of each after a small warm-up run. JSMA is timed twice on the same
 vectorized batch loop, and the same graph fed one example at a time (the original code's loop),
 with the speed-up ratio and a check that both give the same images.
 
-  python benchmarks/attack_throughput.py                      # the default, a few minutes on CPU
-  python benchmarks/attack_throughput.py --attacks=fgsm,jsma --batch_size=100
-  python benchmarks/attack_throughput.py --cw_iterations=1000 --cw_search_steps=9   # GPU
+  python -m benchmarks.attack_throughput                     # the default, a few minutes on CPU
+  python -m benchmarks.attack_throughput --attacks=fgsm,jsma --batch_size=100
+  python -m benchmarks.attack_throughput --cw_iterations=1000 --cw_search_steps=9   # GPU
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import attacks  # pylint: disable=g-import-not-at-top
-import dataset_input  # pylint: disable=g-import-not-at-top
-import resnet_model  # pylint: disable=g-import-not-at-top
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import timing  # pylint: disable=g-import-not-at-top
+import attacks
+from benchmarks import timing
+import dataset_input
+import resnet_model
 
 tf1 = tf.compat.v1
 
@@ -32,7 +28,8 @@ SPEC = dataset_input.get_spec('mnist')  # the bundled digits are mnist-shaped
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(prog='python -m benchmarks.attack_throughput',
+                                   description=__doc__.split('\n')[0])
   parser.add_argument('--attacks', default=','.join(ALL),
                       help='comma-separated subset of: %s' % ', '.join(ALL))
   parser.add_argument('--batch_size', type=int, default=200,

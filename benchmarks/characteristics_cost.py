@@ -8,7 +8,7 @@ layer). Beside it, one forward pass over the same images (what evaluating the at
 costs anyway) as the unit to compare with. The network is freshly initialized (the cost does
 not depend on the weights); the "adversarial" images are the normal ones plus a sign step.
 
-    python benchmarks/characteristics_cost.py [--images 1000] [--units 5] [--repeats 1]
+    python -m benchmarks.characteristics_cost [--images 1000] [--units 5] [--repeats 1]
 """
 import argparse
 import os
@@ -16,14 +16,13 @@ import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+import dataset_input  # pylint: disable=g-import-not-at-top
 from rce.detection import characteristics  # pylint: disable=g-import-not-at-top
 from rce.detection import characteristics_runner  # pylint: disable=g-import-not-at-top
-import dataset_input  # pylint: disable=g-import-not-at-top
 import resnet_model  # pylint: disable=g-import-not-at-top
 
 tf1 = tf.compat.v1
@@ -56,7 +55,8 @@ def _timed(fn):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog='python -m benchmarks.characteristics_cost',
+                                   description=__doc__.splitlines()[0])
   parser.add_argument('--images', type=int, default=1000)
   parser.add_argument('--units', type=int, default=5, help='5 = ResNet-32')
   parser.add_argument('--batch_size', type=int, default=100)

@@ -1,7 +1,9 @@
 """One-command check of a GPU machine for this suite: devices, towers, speeds, reproduce.py.
 
-    python benchmarks/gpu_check.py [--out gpu_check.md] [--smoke] [--skip_reproduce]
+    python -m benchmarks.gpu_check [--out gpu_check.md] [--smoke] [--skip_reproduce]
         [--gpu_memory_mb N] [--reproduce_timeout 330] [--set name=value ...]
+
+from the repository root (benchmarks is a package; run as a file it says so and exits).
 
 Six parts, each reported as rows of ONE Markdown table (check | result | figure / verdict),
 printed and written atomically to --out; the header line names the device and the date:
@@ -22,9 +24,9 @@ runs on the CPU (the towers on two virtual CPU devices) and part 1 says so.
 
 Budget on one GPU (H100; estimated): parts 1-5 about 2 minutes, part 6 about 3 (about 25
 stages, each a TensorFlow process; killed and reported failed after --reproduce_timeout,
-330 s), so the whole run stays under 8 minutes. On a CPU the full sizes take far longer (ResNet-32, C&W at
-batch 1000): use --smoke (ResNet-8, a few steps, small batches: seconds) or shrink single
-sizes with --set, e.g. `--set attack_batches=20,200 --set cw_iterations=10`.
+330 s), so the whole run stays under 8 minutes. On a CPU the full sizes take far longer
+(ResNet-32, C&W at batch 1000): use --smoke (ResNet-8, a few steps, small batches: seconds)
+or shrink single sizes with --set, e.g. `--set attack_batches=20,200 --set cw_iterations=10`.
 """
 import argparse
 import collections
@@ -39,26 +41,28 @@ import tempfile
 import time
 import traceback
 
+if not __package__:  # `python benchmarks/gpu_check.py`: the package imports below would fail
+  sys.exit('run it from the repository root as: python -m benchmarks.gpu_check [flags]')
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import numpy as np  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top
+import numpy as np
+import tensorflow as tf
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-import attack_throughput  # pylint: disable=g-import-not-at-top
-import attacks  # pylint: disable=g-import-not-at-top
-import dataset_input  # pylint: disable=g-import-not-at-top
+import attacks
+from benchmarks import attack_throughput
+from benchmarks import keras_resnet
+from benchmarks import timing
+from benchmarks import train_throughput
+import dataset_input
 from rce import placement
-from rce.results import io_utils  # pylint: disable=g-import-not-at-top
-import keras_resnet  # pylint: disable=g-import-not-at-top
-import resnet_model  # pylint: disable=g-import-not-at-top
-import timing  # pylint: disable=g-import-not-at-top
-import train_throughput  # pylint: disable=g-import-not-at-top
-from rce.training import training  # pylint: disable=g-import-not-at-top
+from rce.results import io_utils
+from rce.training import training
+import resnet_model
+# pylint: enable=g-import-not-at-top
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where reproduce.py is
 
 tf1 = tf.compat.v1
 
@@ -481,7 +485,8 @@ def render(rows, device):
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(prog='python -m benchmarks.gpu_check',
+                                   description=__doc__.split('\n')[0])
   parser.add_argument('--out', default='gpu_check.md', help='the table, written atomically')
   parser.add_argument('--smoke', action='store_true',
                       help='shrink every size (ResNet-8, a few steps, small batches)')

@@ -1,6 +1,6 @@
 """The ResNet of resnet_model.py rebuilt with the Keras 3 functional API: the `model.fit` peer.
 
-Used by benchmarks/train_throughput.py only. Same network as
+Used by benchmarks.train_throughput and benchmarks.gpu_check. Same network as
 `resnet_model.build_network(hps, x, 'train')` with the plain (non-bottleneck) residual units:
 
   init 3x3 conv, 16 filters, stride 1, SAME, no bias

@@ -5,8 +5,8 @@ every attack, detection), one after the other on the same machine, and its stage
 read back from stages.json. Tables 1-5 of the runs are compared: more jobs must change the
 time, never the numbers (same seeds, same stages; only the scheduling differs).
 
-    python benchmarks/reproduce_jobs.py                 # digits preset, --jobs=1 vs 2
-    python benchmarks/reproduce_jobs.py --preset=tiny --jobs=1,2,4
+    python -m benchmarks.reproduce_jobs                 # digits preset, --jobs=1 vs 2
+    python -m benchmarks.reproduce_jobs --preset=tiny --jobs=1,2,4
 
 Training is the same command in both settings; `--jobs=2` gains where independent stages
 (CE and RCE trainings, the attacks of the two models) overlap on the cores.
@@ -27,7 +27,8 @@ TABLES = ('## Table 1', '## Table 2', '## Table 3', '## Tables 4 and 5')
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog='python -m benchmarks.reproduce_jobs',
+                                   description=__doc__.splitlines()[0])
   parser.add_argument('--preset', default='digits', choices=['digits', 'tiny'])
   parser.add_argument('--jobs', default='1,2', help='comma-separated --jobs values to time')
   parser.add_argument('--work_dir', default='', help='where the runs go (default: a temp dir, '

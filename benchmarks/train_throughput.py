@@ -7,7 +7,7 @@ same thing (same weights: forward pass and one training step), then timed in int
 blocks beside a SGEMM of the machine; the medians of the blocks are reported. What is
 compared and how: benchmarks/README.md.
 
-  python benchmarks/train_throughput.py [--batch_size 128] [--steps 3] [--blocks 15] \
+  python -m benchmarks.train_throughput [--batch_size 128] [--steps 3] [--blocks 15] \
       [--warmup 3] [--num_residual_units 5] [--dataset mnist] [--profile N] \
       [--keras_steps_per_epoch N] [--no_keras] [--sgemm_n 2048] [--sgemm_runs 5]
 """
@@ -18,21 +18,16 @@ import os
 import statistics
 import sys
 
+import keras
 import numpy as np
+import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-import dataset_input  # pylint: disable=g-import-not-at-top
-import resnet_model  # pylint: disable=g-import-not-at-top
+from benchmarks import keras_resnet  # builds nothing at import
+from benchmarks import timing
+import dataset_input
 from rce import placement
-from rce.training import training  # pylint: disable=g-import-not-at-top
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import keras  # pylint: disable=g-import-not-at-top
-import keras_resnet  # pylint: disable=g-import-not-at-top  (builds nothing at import)
-import timing  # pylint: disable=g-import-not-at-top
+from rce.training import training
+import resnet_model
 
 tf1 = tf.compat.v1
 
@@ -245,7 +240,8 @@ def numpy_sgemm(n, runs):
 
 # ---------------------------------------------------------------------------- build
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(prog='python -m benchmarks.train_throughput',
+                                   description=__doc__.split('\n')[0])
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--steps', type=int, default=3, help='timed steps per block')
   parser.add_argument('--blocks', type=int, default=15,

@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.py --smoke on the CPU: one table, a row per part, real numbers."""
+"""`python -m benchmarks.gpu_check --smoke` on the CPU: one table, a row per part, real numbers;
+run as a file, it names the command instead."""
 import re
 
 from tests.helpers import describe, markdown_table, run_script  # pylint: disable=g-bad-import-order
@@ -11,7 +12,7 @@ def _numbers(text, unit):
 def test_smoke_run_on_the_cpu_reports_every_part(tmp_path, monkeypatch):
   monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '-1')  # the CPU even on a GPU machine
   out = tmp_path / 'gpu_check.md'
-  proc = run_script(['benchmarks/gpu_check.py', '--smoke', '--skip_reproduce',
+  proc = run_script(['-m', 'benchmarks.gpu_check', '--smoke', '--skip_reproduce',
                      '--out=%s' % out], timeout=300)
   assert proc.returncode == 0, describe(proc)
   text = out.read_text()
@@ -40,3 +41,10 @@ def test_smoke_run_on_the_cpu_reports_every_part(tmp_path, monkeypatch):
   for _, result in attacks:
     rates = _numbers(result, 'adv/s')
     assert len(rates) == 2 and all(v > 0 for v in rates), result
+
+
+def test_run_as_a_file_it_names_the_package_command():
+  """The old `python benchmarks/gpu_check.py` stops at once with the command to use."""
+  proc = run_script(['benchmarks/gpu_check.py', '--smoke'], timeout=60)
+  assert proc.returncode == 1, describe(proc)
+  assert 'python -m benchmarks.gpu_check' in proc.stderr, describe(proc)
