@@ -8,8 +8,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from rce.detection import detection
+from rce.results import provenance
+from rce.results import result_files
 from rce.tables import models
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,3 +138,45 @@ MODELS = models.MODELS
 AUC_COLUMNS = ['%s %s' % (metric, model) for metric in ('Confidence', 'non-ME', 'K-density')
                for model in MODELS]
 
+
+
+def save_hand_made_results(results, labels_true, labels_nor, labels_adv, rng,
+                           attack='carliniL2'):
+  """Writes hand-made results of `attack` on both models, and both kernels, on 'mnist'.
+
+  Every model has one made-up checkpoint and every folder the same made-up test file in its
+  provenance, so that detect takes them as belonging together; the confidences, entropies,
+  features and kernel points are drawn from `rng` (per model, in that order).
+
+  Args:
+    results: the results folder (created).
+    labels_true: [N] int true labels of the attacked images.
+    labels_nor, labels_adv: {model: [N] int} the predictions on the clean and adversarial
+      images, for every model of MODELS.
+    rng: a numpy RandomState.
+  """
+  n = len(labels_true)
+  for model in MODELS:
+    rce = model == models.model_name(True)
+    prov = provenance.record(
+        {'name': model, 'checkpoint': '/made/up/%s/model.ckpt-1' % model, 'global_step': 1,
+         'fingerprint': model * 8, 'num_residual_units': 1, 'use_bottleneck': False},
+        [{'path': '/made/up/data_test.bin', 'size': 1, 'sha256': '0' * 64}], {})
+    feats = rng.normal(size=(n, 64))
+    arrays = {'labels_true': labels_true, 'labels_nor': labels_nor[model],
+              'labels_adv': labels_adv[model], 'confidence_nor': rng.uniform(0.6, 1, n),
+              'confidence_adv': rng.uniform(0.4, 0.9, n), 'entropy_nor': rng.uniform(0, 1, n),
+              'entropy_adv': rng.uniform(0.5, 2, n), 'logits_nor': feats,
+              'logits_adv': feats + 0.5, 'L2_distance': np.ones(n),
+              'nor_img': np.zeros((n, 28, 28, 1), np.float32),
+              'adv_img': np.zeros((1, n, 28, 28, 1), np.float32)}
+    directory = result_files.attack_dir(attack, 'mnist', rce, results_dir=results)
+    result_files.save_attack_results(directory, arrays, {
+        'attack': attack, 'dataset': 'mnist', 'num_examples': n, 'num_rounds': 1,
+        'eps': [None], 'rounds': [], 'attack_stats': {}, 'model': model, 'provenance': prov})
+    train = rng.normal(size=(200, 64))
+    train_labels = np.arange(200) % 10
+    params = detection.kernel_params(train, train_labels, rce, 10, per_class=15, subset=10)
+    result_files.save_kernel_params(result_files.kernel_dir('mnist', results), rce, train,
+                                    train_labels, params,
+                                    {'dataset': 'mnist', 'provenance': prov})

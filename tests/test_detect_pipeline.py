@@ -17,12 +17,11 @@ from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
 from tests.helpers import (AUC_COLUMNS, MODELS, attack_args, describe, is_png,  # pylint: disable=g-bad-import-order
-                      markdown_table, model_flags, run_parallel, run_script)
-from rce.detection import detection
+                           markdown_table, model_flags, run_parallel, run_script,
+                           save_hand_made_results)
 from rce.attacking import attack_runner  # pylint: disable=g-bad-import-order
 import dataset_input
 from rce.reports import detect_report
-from rce.results import provenance
 from rce.results import result_files
 
 N_ATTACK = 60
@@ -372,48 +371,13 @@ def test_results_of_another_dataset_are_rejected(pipeline, tmp_path):
     detect_report.detect(results, 'cifar10', EPS_ROUND)
 
 
-def _hand_made_provenance(model):
-  """The provenance of a hand-made result: one made-up model and data file for all."""
-  return provenance.record(
-      {'name': model, 'checkpoint': '/made/up/%s/model.ckpt-1' % model, 'global_step': 1,
-       'fingerprint': model * 8, 'num_residual_units': 1, 'use_bottleneck': False},
-      [{'path': '/made/up/data_test.bin', 'size': 1, 'sha256': '0' * 64}], {})
-
-
-def _hand_made_results(directory, n, rng, kept):
-  """A result folder whose adversarial predictions equal the true labels except `kept`."""
-  labels = np.arange(n) % 10
-  adv_labels = labels.copy()
-  adv_labels[:kept] = (labels[:kept] + 1) % 10
-  feats = rng.normal(size=(n, 64))
-  arrays = {'labels_true': labels, 'labels_nor': labels, 'labels_adv': adv_labels,
-            'confidence_nor': rng.uniform(0.5, 1, n), 'confidence_adv': rng.uniform(0.5, 1, n),
-            'entropy_nor': rng.uniform(0, 2, n), 'entropy_adv': rng.uniform(0, 2, n),
-            'logits_nor': feats, 'logits_adv': feats + 0.1, 'L2_distance': np.ones(n),
-            'nor_img': np.zeros((n, 28, 28, 1), np.float32),
-            'adv_img': np.zeros((1, n, 28, 28, 1), np.float32)}
-  model = os.path.basename(directory)
-  summary = {'attack': 'carliniL2', 'dataset': 'mnist', 'num_examples': n, 'num_rounds': 1,
-             'eps': [None], 'rounds': [], 'attack_stats': {}, 'model': model,
-             'provenance': _hand_made_provenance(model)}
-  result_files.save_attack_results(directory, arrays, summary)
-
-
 def test_no_kept_examples_gives_nc_not_a_number(tmp_path):
   results = str(tmp_path / 'results')
-  rng = np.random.RandomState(0)
-  for rce in (False, True):
-    _hand_made_results(result_files.attack_dir('carliniL2', 'mnist', rce, results_dir=results),
-                       20, rng, kept=0)
-    feats = rng.normal(size=(200, 64))
-    labels = np.arange(200) % 10
-    params = detection.kernel_params(feats, labels, rce, 10, per_class=15, subset=10)
-    model = result_files.model_name(rce)
-    result_files.save_kernel_params(result_files.kernel_dir('mnist', results), rce, feats,
-                                    labels, params, {'dataset': 'mnist',
-                                                     'provenance': _hand_made_provenance(model)})
+  labels = np.arange(20) % 10  # every adversarial image classified correctly: none kept
+  save_hand_made_results(results, labels, {m: labels for m in MODELS},
+                         {m: labels.copy() for m in MODELS}, np.random.RandomState(0))
   text, per_attack = detect_report.detect(results, 'mnist', EPS_ROUND)
-  assert all(r['n_kept'] == 0 for r in per_attack['carliniL2'].values())
+  assert all(r.n_kept == 0 for r in per_attack['carliniL2'].values())
   _, rows = markdown_table(text, '| Attack | Confidence')
   assert len(rows) == 1 and rows[0][0] == 'C&W', rows
   assert rows[0][1:7] == ['n/c'] * 6, rows

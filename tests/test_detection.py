@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 from tests.helpers import PNG_SIGNATURE  # pylint: disable=g-bad-import-order
 from rce.detection import detection
 from rce.reports import report_render
+from rce.reports import report_tables
 
 
 # ---- ROC-AUC ----------------------------------------------------------------------------
@@ -504,11 +505,12 @@ def _rows():
           for i, m in enumerate(detection.METRICS) for j, model in enumerate(['CE', 'RCE'])}
   partial = {(m, 'RCE'): 0.987654321 for m in detection.METRICS}
   partial[('k_density', 'RCE')] = None
-  return [('fgsm', full, {'CE': 120, 'RCE': 130}), ('carliniL2', partial, {'RCE': 1})]
+  return [report_render.Table2Row('fgsm', full, {'CE': 120, 'RCE': 130}),
+          report_render.Table2Row('carliniL2', partial, {'RCE': 1})]
 
 
 def test_table_markdown_layout():
-  md = report_render.table_markdown(_rows(), title='MNIST')
+  md = report_render.table2(_rows(), title='MNIST').markdown()
   lines = md.splitlines()
   header = next(l for l in lines if l.startswith('| Attack'))
   assert header == ('| Attack | Confidence CE | Confidence RCE | non-ME CE | non-ME RCE | '
@@ -518,16 +520,16 @@ def test_table_markdown_layout():
   cw = next(l for l in lines if l.startswith('| carliniL2'))
   assert cw == '| carliniL2 | - | 0.9877 | - | 0.9877 | - | n/c | - | 1 |'
   assert 'MNIST' in lines[0]
-  assert report_render.NOT_COMPUTABLE_NOTE in md
-  no_nc = report_render.table_markdown(_rows()[:1])
+  assert report_tables.TABLE2_NC_NOTE in md
+  no_nc = report_render.table2(_rows()[:1]).markdown()
   assert 'n/c' not in no_nc and 'kept CE' in no_nc
 
 
 def test_table_csv_round_trip():
   rows = _rows()
-  parsed = list(csv.DictReader(io.StringIO(report_render.table_csv(rows))))
+  parsed = list(csv.DictReader(io.StringIO(report_render.table2(rows).csv())))
   assert [p['Attack'] for p in parsed] == ['fgsm', 'carliniL2']
-  for (_, aucs, extra), p in zip(rows, parsed):
+  for (_, aucs, extra, _), p in zip(rows, parsed):
     for m in detection.METRICS:
       for model in ('CE', 'RCE'):
         cell = p['%s %s' % (report_render.METRIC_NAMES[m], model)]
@@ -539,6 +541,7 @@ def test_table_csv_round_trip():
           assert float(cell) == aucs[(m, model)]
     for model in ('CE', 'RCE'):
       assert p['kept %s' % model] == str(extra.get(model, ''))
+      assert p['success %s' % model] == ''  # the CSV has the columns, empty without counts
 
 
 def _assert_png(path):
@@ -579,7 +582,7 @@ def test_threshold_markdown_takes_resolved_titles():
   stats = lambda frac, acc: {'n': 4, 'accepted_fraction': frac, 'accepted_accuracy': acc}
   rows = [('FGSM', {'RCE': {'normal': stats(0.75, 1.0), 'adversarial': stats(0.25, 0.0)},
                     'CE': {'normal': stats(0.5, 0.5), 'adversarial': stats(0.0, None)}})]
-  assert report_render.threshold_markdown(rows).splitlines() == [
+  assert report_render.threshold_table(rows).markdown().splitlines() == [
       '| Attack | Model | normal accepted | normal acc. of accepted | adv. accepted | '
       'adv. acc. of accepted |', '|---|---|---|---|---|---|',
       '| FGSM | CE | 0.5000 | 0.5000 | 0.0000 | - |',

@@ -7,6 +7,7 @@ per-example CSV, that characteristics do not depend on the batch they are comput
 al.'s pre-processing step on a small graph, and the errors for missing or stale inputs.
 """
 import csv
+import io
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from tests.helpers import (MODELS, attack_args, describe, markdown_table, model_
 from rce.detection import characteristics  # pylint: disable=g-bad-import-order
 from rce.detection import characteristics_runner
 from rce.detection import detect_characteristics
+from rce.detection import supervised_evaluation
+from rce.reports import supervised_report
 from rce.results import io_utils
 import resnet_model
 from rce.results import result_files
@@ -302,6 +305,61 @@ def test_example_split_is_stratified_and_seeded():
   assert not np.array_equal(detect_characteristics.example_split(labels, seed=1)[1], test)
   single = np.r_[labels, 10]  # a class with one image: no stratification, said so
   assert detect_characteristics.example_split(single, seed=0)[2] is False
+
+
+def _hand_made_evaluation():
+  """A SupervisedEvaluation made by hand: FGSM and C&W on CE, nothing on RCE."""
+  se = supervised_evaluation
+  split = se.ExampleSplit(np.arange(8), np.arange(8, 10), True, 0, 10)
+  no_test = 'no kept example in the test part'
+  detectors = {('fgsm', 'CE', d): se.DetectorScore(0.9, 0.5, None)
+               for d in detect_characteristics.DETECTORS}
+  detectors[('fgsm', 'CE', 'lid')] = se.DetectorScore(None, None, no_test)
+  transfer = {('fgsm', 'CE', d): se.TransferScore(0.9, None)
+              for d in detect_characteristics.DETECTORS}
+  for d in detect_characteristics.DETECTORS:
+    detectors[('carliniL2', 'CE', d)] = se.DetectorScore(None, None, no_test)
+    transfer[('carliniL2', 'CE', d)] = se.TransferScore(None, 'test part has no kept example')
+  chosen = {('fgsm', 'CE'): se.ChosenEps(0.002, [0.8, 0.9])}
+  example = se.ExampleScores('fgsm', 'CE', 0, 'normal', True, 'test', -1.5, 0.25, -3.0,
+                             0.125, None, 0.5, False, None, True)
+  return se.SupervisedEvaluation(split, detectors, transfer, chosen, [example])
+
+
+def test_tables_4_and_5_render_a_hand_made_evaluation():
+  """Every cell, the reason of every n/c cell (both tables, under Table 4), the command for
+  the cells without characteristics, the seen rows and the summary's split record."""
+  evaluation = _hand_made_evaluation()
+  commands = {'CE': 'make CE', 'RCE': 'make RCE'}
+  table4, table5 = supervised_report.tables(['fgsm', 'carliniL2'], evaluation, commands)
+  assert table4.rows[:2] == [('FGSM: K-density', [0.9, None, 0.5, None]),
+                             ('FGSM: LID', [None, None, None, None])]
+  assert [label for label, _ in table5.rows] == (['FGSM: %s (seen)' % d for d in DETECTORS]
+                                                 + ['C&W: %s' % d for d in DETECTORS])
+  assert table5.rows[0][1] == [0.9, None] and table5.rows[3][1] == [None, None]
+  assert table4.notes[:5] == [
+      'Split: 8 of the 10 attacked images for training, 2 for testing (seeded, stratified by '
+      'class); one split for every attack and both models.',
+      'n/c in Table 4 (FGSM CE, C&W CE): no kept example in the test part.',
+      'n/c in Table 5 (C&W CE): test part has no kept example.',
+      'n/c in Tables 4 and 5 (FGSM RCE, C&W RCE): no results or characteristics (make them '
+      'with: make RCE).',
+      'Mahalanobis pre-processing eps chosen: FGSM CE 0.002.']
+  assert not table5.notes
+  text = supervised_report.markdown(table4, table5)
+  assert text.startswith('### ' + supervised_report.TABLE4_TITLE + '\n\n| Attack: detector |')
+  assert (text.index(supervised_report.DETECTED_NOTE) < text.index('### Table 5')
+          < text.index('| Attack: detector (trained on FGSM) |'))
+  assert evaluation.split_record() == {
+      'train': 8, 'test': 2, 'stratified': True, 'seed': 0,
+      'mahalanobis_eps': {'fgsm': {'CE': {'eps': 0.002, 'validation_aurocs': [0.8, 0.9]}}}}
+  rows = list(csv.reader(io.StringIO(
+      supervised_report.examples_table(evaluation.examples).csv())))
+  assert rows == [list(supervised_evaluation.ExampleScores._fields),
+                  ['fgsm', 'CE', '0', 'normal', 'True', 'test', '-1.5', '0.25', '-3.0',
+                   '0.125', '', '0.5', 'False', '', 'True']]
+  _, without_fgsm = supervised_report.tables(['carliniL2'], evaluation, commands)
+  assert without_fgsm.notes == ['n/c: no FGSM results to train on.']
 
 
 def test_missing_characteristics_name_the_command(compared, tmp_path):

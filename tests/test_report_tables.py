@@ -49,3 +49,16 @@ def test_seeds_with_different_rows_are_refused():
   b = Table('Table 2', [('x', '%.4f')], [('BIM', [0.5])], first='Attack')
   with pytest.raises(ValueError, match='Table 2 differs between the seeds'):
     report_tables.mean_sd_markdown([a, b])
+
+
+def test_title_csv_only_columns_and_a_dash_that_is_not_missing():
+  table = Table('Table 9', [('a', '%.2f'), ('b', '%d'), ('c', '%s')],
+                [('x', [0.5, MISSING, '-']), ('y', [None, 3, 'z'])], first='Row',
+                notes=['A note.'], title='A title', csv_only=['b'])
+  assert table.markdown() == ('### A title\n\n| Row | a | c |\n|---|---|---|\n'
+                              '| x | 0.50 | - |\n| y | n/c | z |\n\nA note.\n')
+  # the CSV keeps column b; only the MISSING cell is empty, the text '-' stays
+  assert table.csv() == 'Row,a,b,c\nx,0.5,,-\ny,nan,3,z\n'
+  merged = report_tables.mean_sd_markdown([table, table])
+  assert merged.splitlines()[:3] == ['### A title', '', '| Row | a | c |'], merged
+  assert '| x | 0.50 ± 0.00 | - |' in merged and '| y | n/c | z |' in merged, merged

@@ -13,13 +13,13 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from tests.helpers import markdown_table  # pylint: disable=g-bad-import-order
-from rce.reports import detect_report
+from tests.helpers import (MODELS, markdown_table,  # pylint: disable=g-bad-import-order
+                           save_hand_made_results)
+from rce.detection import attack_evaluation
 from rce.detection import detection
-from rce.results import provenance
+from rce.reports import detect_report
 from rce.reports import report_render
 from rce.reports import report_tables
-from rce.results import result_files
 
 
 def _curve(rng, shift, n=40):
@@ -57,8 +57,8 @@ def test_roc_figure_has_ce_and_rce_panels_with_aucs_in_the_legends_and_padded_ax
   curves = _all_curves()
   fig = report_render.roc_figure(curves, 'ROC, FGSM on mnist')
   assert len(fig.axes) == 2
-  assert [ax.get_title() for ax in fig.axes] == list(report_render.TABLE_MODELS)
-  for ax, model in zip(fig.axes, report_render.TABLE_MODELS):
+  assert [ax.get_title() for ax in fig.axes] == list(MODELS)
+  for ax, model in zip(fig.axes, MODELS):
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
     # one entry per curve, in the fixed metric order, each with its AUC
     assert texts == ['%s (AUC %.4f)' % (report_render.METRIC_NAMES[m], curves[model][m][2])
@@ -140,6 +140,10 @@ FAKE = {
 HAND = {'CE': (3, 6), 'RCE': (0, 0)}  # (kept, clean correct), counted by hand above
 
 
+def _success(kept, clean):
+  return {m: attack_evaluation.success_rate(kept[m], clean[m]) for m in clean}
+
+
 def _fake_rows():
   kept, clean = {}, {}
   for model, (nor, adv) in FAKE.items():
@@ -149,12 +153,14 @@ def _fake_rows():
   aucs = {(m, 'CE'): 0.75 for m in detection.METRICS}
   aucs.update({(m, 'RCE'): None for m in detection.METRICS})
   all_nc = {(m, model): None for m in detection.METRICS for model in ('CE', 'RCE')}
-  return [('FGSM (eps 0.04)', aucs, kept, clean),
-          ('C&W', all_nc, {'CE': 0, 'RCE': 1}, {'CE': 5, 'RCE': 4})]
+  cw_kept = {'CE': 0, 'RCE': 1}
+  return [report_render.Table2Row('FGSM (eps 0.04)', aucs, kept, _success(kept, clean)),
+          report_render.Table2Row('C&W', all_nc, cw_kept,
+                                  _success(cw_kept, {'CE': 5, 'RCE': 4}))]
 
 
 def test_table2_markdown_states_the_success_rate_and_defines_it():
-  md = report_render.table_markdown(_fake_rows(), title='mnist')
+  md = report_render.table2(_fake_rows(), title='mnist').markdown()
   header, rows = markdown_table(md, '| Attack')
   assert header[-4:] == ['kept CE', 'kept RCE', 'success CE', 'success RCE'], header
   assert rows[0][-4:] == ['3', '0', '%.4f' % (3 / 6), '-'], rows[0]
@@ -163,12 +169,12 @@ def test_table2_markdown_states_the_success_rate_and_defines_it():
   assert 'success' in report_tables.TABLE2_SUCCESS_NOTE and 'kept' in (
       report_tables.TABLE2_SUCCESS_NOTE)
   # rows without the clean-correct counts: no success columns, no note
-  old = report_render.table_markdown([r[:3] for r in _fake_rows()])
+  old = report_render.table2([r._replace(success=None) for r in _fake_rows()]).markdown()
   assert 'success' not in old and 'kept CE' in old
 
 
 def test_table2_csv_has_the_success_columns_and_report_tables_reads_them():
-  text = report_render.table_csv(_fake_rows())
+  text = report_render.table2(_fake_rows()).csv()
   parsed = list(csv.DictReader(io.StringIO(text)))
   assert float(parsed[0]['success CE']) == 3 / 6 and parsed[0]['success RCE'] == ''
   assert float(parsed[1]['success CE']) == 0.0 and float(parsed[1]['success RCE']) == 0.25
@@ -195,19 +201,13 @@ def test_table2_csv_has_the_success_columns_and_report_tables_reads_them():
 
 
 def test_success_rate():
-  assert report_render.success_rate(3, 6) == 0.5
-  assert report_render.success_rate(0, 0) is None
-  assert report_render.success_rate(None, 4) is None and report_render.success_rate(1, None) is None
+  assert attack_evaluation.success_rate(3, 6) == 0.5
+  assert attack_evaluation.success_rate(0, 0) is None
+  assert (attack_evaluation.success_rate(None, 4) is None
+          and attack_evaluation.success_rate(1, None) is None)
 
 
 # ---- detect on hand-made results: the counts, the table and the figure ---------------------
-
-
-def _provenance(model):
-  return provenance.record(
-      {'name': model, 'checkpoint': '/made/up/%s/model.ckpt-1' % model, 'global_step': 1,
-       'fingerprint': model * 8, 'num_residual_units': 1, 'use_bottleneck': False},
-      [{'path': '/made/up/data_test.bin', 'size': 1, 'sha256': '0' * 64}], {})
 
 
 def _write_fake_results(results, rng, n=40):
@@ -215,32 +215,15 @@ def _write_fake_results(results, rng, n=40):
   labels = np.arange(n) % 10
   wrong = {'CE': 10, 'RCE': 5}  # clean images misclassified: the first ones
   fooled = {'CE': 0, 'RCE': 12}  # clean-correct images whose adversarial one is wrong
-  for model in ('CE', 'RCE'):
-    rce = model == 'RCE'
-    nor = labels.copy()
-    nor[:wrong[model]] = (labels[:wrong[model]] + 1) % 10
-    adv = nor.copy()
-    adv[wrong[model]:wrong[model] + fooled[model]] = (
+  nor, adv = {}, {}
+  for model in MODELS:
+    nor[model] = labels.copy()
+    nor[model][:wrong[model]] = (labels[:wrong[model]] + 1) % 10
+    adv[model] = nor[model].copy()
+    adv[model][wrong[model]:wrong[model] + fooled[model]] = (
         labels[wrong[model]:wrong[model] + fooled[model]] + 3) % 10
-    feats = rng.normal(size=(n, 64))
-    arrays = {'labels_true': labels, 'labels_nor': nor, 'labels_adv': adv,
-              'confidence_nor': rng.uniform(0.6, 1, n), 'confidence_adv': rng.uniform(0.4, 0.9, n),
-              'entropy_nor': rng.uniform(0, 1, n), 'entropy_adv': rng.uniform(0.5, 2, n),
-              'logits_nor': feats, 'logits_adv': feats + 0.5, 'L2_distance': np.ones(n),
-              'nor_img': np.zeros((n, 28, 28, 1), np.float32),
-              'adv_img': np.zeros((1, n, 28, 28, 1), np.float32)}
-    directory = result_files.attack_dir('carliniL2', 'mnist', rce, results_dir=results)
-    result_files.save_attack_results(directory, arrays, {
-        'attack': 'carliniL2', 'dataset': 'mnist', 'num_examples': n, 'num_rounds': 1,
-        'eps': [None], 'rounds': [], 'attack_stats': {}, 'model': model,
-        'provenance': _provenance(model)})
-    train = rng.normal(size=(200, 64))
-    train_labels = np.arange(200) % 10
-    params = detection.kernel_params(train, train_labels, rce, 10, per_class=15, subset=10)
-    result_files.save_kernel_params(result_files.kernel_dir('mnist', results), rce, train,
-                                    train_labels, params,
-                                    {'dataset': 'mnist', 'provenance': _provenance(model)})
-  return {m: (fooled[m], n - wrong[m]) for m in ('CE', 'RCE')}
+  save_hand_made_results(results, labels, nor, adv, rng)
+  return {m: (fooled[m], n - wrong[m]) for m in MODELS}
 
 
 def test_detect_reports_the_success_rate_and_draws_both_panels(tmp_path):
@@ -248,8 +231,9 @@ def test_detect_reports_the_success_rate_and_draws_both_panels(tmp_path):
   hand = _write_fake_results(results, np.random.RandomState(0))
   text, per_attack = detect_report.detect(results, 'mnist', 1)
   for model, (kept, clean) in hand.items():
-    assert per_attack['carliniL2'][model]['n_kept'] == kept
-    assert per_attack['carliniL2'][model]['n_clean_correct'] == clean
+    assert per_attack['carliniL2'][model].n_kept == kept
+    assert per_attack['carliniL2'][model].n_clean_correct == clean
+    assert per_attack['carliniL2'][model].success_rate == kept / clean
   header, rows = markdown_table(text, '| Attack | Confidence')
   row = dict(zip(header, rows[0]))
   assert row['success CE'] == '0.0000' and row['success RCE'] == '%.4f' % (12 / 35), row

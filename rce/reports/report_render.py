@@ -3,13 +3,13 @@
 Renders what detection.py computes (Pang et al., "Towards Robust Detection of Adversarial
 Examples", NeurIPS 2018, https://arxiv.org/abs/1706.00633): the paper's Table 2 layout (rows
 attacks, columns Confidence / non-ME / K-density x CE / RCE, kept counts and the attack's
-success rate), the thresholding-test table, ROC curves (a CE and an RCE panel per attack), and
-t-SNE scatter plots of the features. Nothing here computes a detection score; the callers pass
-rows whose attack titles are already resolved.
+success rate) and the thresholding-test table as report_tables.Table values, ROC curves (a CE
+and an RCE panel per attack), and t-SNE scatter plots of the features. Nothing here computes
+a detection score; the callers pass rows whose attack titles are already resolved.
 
 Every PNG is written atomically through io_utils and the writer returns the file's SHA-256.
 """
-import csv
+import collections
 import io
 
 import matplotlib
@@ -21,13 +21,13 @@ from sklearn.manifold import TSNE
 from rce.detection import detection
 from rce.results import io_utils
 from rce.reports import report_tables
+from rce.tables import models
 
 # Column order of the tables: the detection scores, then the models.
 TABLE_METRICS = detection.METRICS
 METRIC_NAMES = {'confidence': 'Confidence', 'non_me': 'non-ME', 'k_density': 'K-density',
                 # unsupervised, on the final feature (detect_characteristics)
                 'mahalanobis_feature': 'Mahalanobis', 'lid_feature': 'LID'}
-TABLE_MODELS = ('CE', 'RCE')
 # One colour (tab10) and line style per detection score, the same in every ROC figure; the
 # dashes tell apart curves that coincide (Confidence and non-ME often do).
 _TAB10 = matplotlib.colormaps['tab10'].colors
@@ -39,7 +39,6 @@ METRIC_LINESTYLES = {'confidence': '-', 'non_me': '--', 'k_density': '-',
 ROC_LIMITS = (-0.02, 1.02)
 # Width of one ROC panel (CE or RCE) in inches; the figure is two of them wide.
 ROC_PANEL_INCHES = 4.5
-NOT_COMPUTABLE_NOTE = 'n/c: not computable (fewer than two kept examples or only one class)'
 
 # Up to this many points t-SNE uses the exact gradient, above it Barnes-Hut.
 EXACT_TSNE_MAX = 1500
@@ -53,138 +52,80 @@ LEGEND_MAX_CLASSES = 20
 
 # ---- tables ------------------------------------------------------------------------------
 
-
-def _table_columns(with_kept, metrics=TABLE_METRICS, with_success=False):
-  cols = ['%s %s' % (METRIC_NAMES[m], model) for m in metrics for model in TABLE_MODELS]
-  if with_kept:
-    cols += ['kept %s' % model for model in TABLE_MODELS]
-  if with_success:
-    cols += ['success %s' % model for model in TABLE_MODELS]
-  return cols
+# One row of Table 2: the attack's title, {(metric, model): AUC or None (not computable)},
+# and, when known, {model: number of kept examples} and {model: the attack's success rate
+# (attack_evaluation.success_rate) or None without a clean-correct image}.
+Table2Row = collections.namedtuple('Table2Row', ['title', 'aucs', 'kept', 'success'],
+                                   defaults=(None, None))
 
 
-def _row_counts(row):
-  """(kept, clean_correct) of a table row: dicts model -> count, empty when not given."""
-  kept = row[2] if len(row) > 2 and row[2] else {}
-  clean = row[3] if len(row) > 3 and row[3] else {}
-  return kept, clean
-
-
-def success_rate(kept, clean_correct):
-  """The attack's success rate, kept / clean_correct, or None without a clean-correct image.
+def table2(rows, title=None, metrics=TABLE_METRICS):
+  """The paper's Table 2 as a report_tables.Table (rows attacks, name 'Table 2').
 
   Args:
-    kept: number of kept examples (clean image classified correctly, adversarial wrongly), or
-      None when unknown.
-    clean_correct: number of clean images classified correctly, or None when unknown.
-
-  Returns:
-    float in [0, 1], or None when either count is missing or clean_correct is 0.
-  """
-  if kept is None or not clean_correct:
-    return None
-  return float(kept) / float(clean_correct)
-
-
-def table_markdown(rows, title=None, metrics=TABLE_METRICS):
-  """Markdown table in the layout of the paper's Table 2.
-
-  Args:
-    rows: list of (attack_title, aucs, [kept, [clean_correct]]); aucs maps (metric, model) ->
-      AUC or None, metric in TABLE_METRICS and model 'CE' / 'RCE'; optional kept maps model ->
-      number of kept examples, optional clean_correct model -> number of clean images
-      classified correctly. With clean_correct the table states each attack's success rate
-      (kept / clean_correct), so that a row of n/c explains itself (the attack failed).
-    title: optional heading.
+    rows: list of Table2Row; an AUC, count or rate a row does not have is missing (`-`).
+    title: optional heading of the Markdown.
     metrics: the score columns (the paper's three by default; detect adds LID and
-      Mahalanobis when there are characteristics).
+      Mahalanobis when there are characteristics), each with a CE and an RCE column.
 
   Returns:
-    The Markdown text: AUCs and success rates with 4 decimals, `n/c` for not computable (with
-    a footnote), `-` for results that are missing and for the success rate of a model with no
-    clean-correct image; a footnote defines the success rate.
+    The Table: AUCs and success rates with 4 decimals, `n/c` for not computable (with a
+    footnote), `-` for results that are missing and for the success rate of a model with no
+    clean-correct image; a footnote defines the success rate. The CSV has every column; the
+    Markdown leaves out the kept (success) columns when no row has counts (success rates).
   """
-  with_kept = any(_row_counts(r)[0] for r in rows)
-  with_success = any(_row_counts(r)[1] for r in rows)
-  lines = ['### %s' % title, ''] if title else []
-  cols = ['Attack'] + _table_columns(with_kept, metrics, with_success)
-  lines += ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
-  any_nc = False
+  kept_columns = [report_tables.KEPT_COLUMN % model for model in models.MODELS]
+  success_columns = [report_tables.SUCCESS_COLUMN % model for model in models.MODELS]
+  columns = [('%s %s' % (METRIC_NAMES[m], model), '%.4f') for m in metrics
+             for model in models.MODELS]
+  columns += [(h, '%d') for h in kept_columns] + [(h, '%.4f') for h in success_columns]
+  body = []
   for row in rows:
-    cells = [str(row[0])]
-    for m in metrics:
-      for model in TABLE_MODELS:
-        if (m, model) not in row[1]:
-          cells.append('-')
-        elif row[1][(m, model)] is None:
-          cells.append('n/c')
-          any_nc = True
-        else:
-          cells.append('%.4f' % row[1][(m, model)])
-    kept, clean = _row_counts(row)
-    if with_kept:
-      cells += [str(kept.get(model, '-')) for model in TABLE_MODELS]
-    if with_success:
-      cells += [_fmt(success_rate(kept.get(model), clean.get(model))) for model in TABLE_MODELS]
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  if any_nc:
-    lines += ['', NOT_COMPUTABLE_NOTE]
+    kept, success = row.kept or {}, row.success or {}
+    cells = [row.aucs.get((m, model), report_tables.MISSING) for m in metrics
+             for model in models.MODELS]
+    cells += [kept.get(model, report_tables.MISSING) for model in models.MODELS]
+    cells += [_or_missing(success.get(model)) for model in models.MODELS]
+    body.append((str(row.title), cells))
+  with_success = any(row.success for row in rows)
+  csv_only = ([] if any(row.kept for row in rows) else kept_columns) + (
+      [] if with_success else success_columns)
+  num_aucs = len(metrics) * len(models.MODELS)
+  notes = [report_tables.TABLE2_NC_NOTE] if any(
+      v is None for _, cells in body for v in cells[:num_aucs]) else []
   if with_success:
-    lines += ['', report_tables.TABLE2_SUCCESS_NOTE]
-  return '\n'.join(lines) + '\n'
+    notes.append(report_tables.TABLE2_SUCCESS_NOTE)
+  return report_tables.Table('Table 2', columns, body, first='Attack', notes=notes,
+                             title=title, csv_only=csv_only)
 
 
-def table_csv(rows, metrics=TABLE_METRICS):
-  """The `table_markdown` data as wide CSV: 'nan' for not computable, empty for missing.
-
-  The kept and success columns are always there; a success rate without a clean-correct
-  image (or without the counts) is empty, as in the Markdown's `-`.
-  """
-  buf = io.StringIO()
-  writer = csv.writer(buf, lineterminator='\n')
-  writer.writerow(['Attack'] + _table_columns(True, metrics, with_success=True))
-  for row in rows:
-    cells = [row[0]]
-    for m in metrics:
-      for model in TABLE_MODELS:
-        if (m, model) not in row[1]:
-          cells.append('')
-        else:
-          auc = row[1][(m, model)]
-          cells.append('nan' if auc is None else repr(float(auc)))
-    kept, clean = _row_counts(row)
-    cells += [kept.get(model, '') for model in TABLE_MODELS]
-    for model in TABLE_MODELS:
-      rate = success_rate(kept.get(model), clean.get(model))
-      cells.append('' if rate is None else repr(rate))
-    writer.writerow(cells)
-  return buf.getvalue()
+def _or_missing(value):
+  return report_tables.MISSING if value is None else value
 
 
-def _fmt(value):
-  return '-' if value is None else '%.4f' % value
+THRESHOLD_COLUMNS = ('normal accepted', 'normal acc. of accepted', 'adv. accepted',
+                     'adv. acc. of accepted')
 
 
-def threshold_markdown(rows):
-  """Markdown table of the thresholding test: accepted fraction and accuracy per side.
+def threshold_table(rows, title=None):
+  """The thresholding test as a report_tables.Table: accepted fraction and accuracy per side.
 
   Args:
     rows: list of (attack_title, {model: detection.threshold_test result}), in table order;
       models are listed in sorted order within an attack.
+    title: optional heading of the Markdown.
 
   Returns:
-    The Markdown text, one line per (attack, model); fractions with 4 decimals, `-` where a
-    value is None (nothing accepted, or no examples).
+    The Table, one row per (attack, model); fractions with 4 decimals, `-` where a value is
+    None (nothing accepted, or no examples).
   """
-  lines = ['| Attack | Model | normal accepted | normal acc. of accepted | adv. accepted | '
-           'adv. acc. of accepted |', '|---|---|---|---|---|---|']
-  for title, per_model in rows:
+  body = []
+  for attack_title, per_model in rows:
     for model, t in sorted(per_model.items()):
-      lines.append('| %s | %s | %s | %s | %s | %s |' % (
-          title, model, _fmt(t['normal']['accepted_fraction']),
-          _fmt(t['normal']['accepted_accuracy']), _fmt(t['adversarial']['accepted_fraction']),
-          _fmt(t['adversarial']['accepted_accuracy'])))
-  return '\n'.join(lines) + '\n'
+      body.append((attack_title, [model] + [_or_missing(t[side][key]) for side in (
+          'normal', 'adversarial') for key in ('accepted_fraction', 'accepted_accuracy')]))
+  return report_tables.Table('Thresholding test', [('Model', '%s')] + [
+      (h, '%.4f') for h in THRESHOLD_COLUMNS], body, first='Attack', title=title)
 
 
 # ---- figures -----------------------------------------------------------------------------
@@ -207,7 +148,7 @@ def roc_figure(curves, title, empty_notes=None):
 
   Args:
     curves: {model: {metric: (fpr [P] float, tpr [P] float, auc float or None)}}, model in
-      TABLE_MODELS, metric a key of METRIC_NAMES; a model may be absent or map to {}.
+      models.MODELS, metric a key of METRIC_NAMES; a model may be absent or map to {}.
     title: the figure's title (attack and dataset).
     empty_notes: {model: text} shown in a panel without curves; 'no kept examples' by default.
 
@@ -215,21 +156,21 @@ def roc_figure(curves, title, empty_notes=None):
     The matplotlib Figure (not saved).
 
   Raises:
-    ValueError: a model outside TABLE_MODELS or a metric outside METRIC_NAMES.
+    ValueError: a model outside models.MODELS or a metric outside METRIC_NAMES.
   """
-  unknown = sorted(set(curves) - set(TABLE_MODELS))
+  unknown = sorted(set(curves) - set(models.MODELS))
   unknown += sorted({m for per in curves.values() for m in per} - set(METRIC_NAMES))
   if unknown:
     raise ValueError('roc_figure: unknown model or metric %s (models %s, metrics %s)'
-                     % (unknown, TABLE_MODELS, sorted(METRIC_NAMES)))
+                     % (unknown, models.MODELS, sorted(METRIC_NAMES)))
   empty_notes = empty_notes or {}
   # Figure, not pyplot: no global figure state to close, no GUI backend needed (renders via Agg).
   # The height leaves room for the longest legend under the square panels, and no more.
   entries = max([len(per) for per in curves.values()] + [1])
-  fig = Figure(figsize=(ROC_PANEL_INCHES * len(TABLE_MODELS),
+  fig = Figure(figsize=(ROC_PANEL_INCHES * len(models.MODELS),
                         ROC_PANEL_INCHES + 0.4 + 0.22 * entries), layout='constrained')
-  axes = fig.subplots(1, len(TABLE_MODELS), sharey=True)
-  for ax, model in zip(axes, TABLE_MODELS):
+  axes = fig.subplots(1, len(models.MODELS), sharey=True)
+  for ax, model in zip(axes, models.MODELS):
     per_metric = curves.get(model) or {}
     if per_metric:
       ax.plot([0, 1], [0, 1], color='grey', linestyle=':', linewidth=1, label='_chance')

@@ -1,9 +1,10 @@
-"""The report's tables as data: one replica's Markdown, and mean +- s.d. over seeds.
+"""The report's tables as data: one replica's Markdown and CSV, and mean +- s.d. over seeds.
 
-reproduce.py reads Tables 1-3 of each replica (seed) from its verified result files into
-`Table` values; one seed renders them as they always were, several seeds render every
-numeric cell as mean +- standard deviation (n - 1) and list each seed's value in a CSV, so
-that a difference between CE and RCE can be told from seed-to-seed noise. TensorFlow-free.
+Every table of the reports is a `Table`: detect's Tables 2, 4 and 5, its thresholding test and
+per-example scores, and reproduce's Tables 1-5, which it reads back from detect's CSVs. One
+seed renders them as they always were, several seeds render every numeric cell as mean +-
+standard deviation (n - 1) and list each seed's value in a CSV, so that a difference between
+CE and RCE can be told from seed-to-seed noise. TensorFlow-free.
 """
 import csv
 import io
@@ -11,10 +12,22 @@ import math
 
 import numpy as np
 
+
+class _Missing(str):
+  """The type of MISSING: a '-' that a cell holding the text '-' is not (`is` tells them
+  apart), so that the CSV leaves only the missing cells empty."""
+  __slots__ = ()
+
+
 # A cell with no result (the detect table's '-'), as opposed to None: not computable (n/c).
-MISSING = '-'
+MISSING = _Missing('-')
 NOT_COMPUTABLE = 'n/c'
-# The footnote of Table 2's success columns (report_render writes them, reproduce reads them).
+# Table 2's count and rate columns, per model (report_render writes them, reproduce reads them).
+KEPT_COLUMN = 'kept %s'
+SUCCESS_COLUMN = 'success %s'
+# The footnotes of Table 2's n/c cells and of its success columns (detect's table2.md; the
+# n/c one ends with a full stop in the tables read back from table2.csv).
+TABLE2_NC_NOTE = 'n/c: not computable (fewer than two kept examples or only one class)'
 TABLE2_SUCCESS_NOTE = ('success: the attack\'s success rate, the share of the clean-correct '
                        'images (classified correctly) whose adversarial image is misclassified '
                        '(- when no image is classified correctly); these are the kept examples, '
@@ -23,17 +36,26 @@ TABLE2_SUCCESS_NOTE = ('success: the attack\'s success rate, the share of the cl
 
 class Table(object):
   """A report table: `columns` are (header, printf format) pairs, `rows` (label, cells);
-  a cell is a number, a string, None (not computable) or MISSING."""
+  a cell is a number, a string, None (not computable) or MISSING.
 
-  def __init__(self, name, columns, rows, first='Model', notes=None):
+  `first` heads the label column; `title`, when given, heads the Markdown ('### title');
+  `notes` follow the Markdown table, a paragraph each; `csv_only` names columns that the CSV
+  keeps and the Markdown leaves out (Table 2's counts, when the rows have none).
+  """
+
+  def __init__(self, name, columns, rows, first='Model', notes=None, title=None,
+               csv_only=()):
     self.name, self.columns, self.rows, self.first = name, list(columns), list(rows), first
-    self.notes = list(notes or [])
+    self.notes, self.title, self.csv_only = list(notes or []), title, tuple(csv_only)
 
   def _lines(self, cells_of_row):
-    lines = ['| %s |' % ' | '.join([self.first] + [h for h, _ in self.columns]),
-             '|' + '---|' * (len(self.columns) + 1)]
+    shown = [i for i, (h, _) in enumerate(self.columns) if h not in self.csv_only]
+    lines = ['### %s' % self.title, ''] if self.title else []
+    lines += ['| %s |' % ' | '.join([self.first] + [self.columns[i][0] for i in shown]),
+              '|' + '---|' * (len(shown) + 1)]
     for label, cells in self.rows:
-      lines.append('| %s |' % ' | '.join([label] + cells_of_row(label, cells)))
+      row = cells_of_row(label, cells)
+      lines.append('| %s |' % ' | '.join([label] + [row[i] for i in shown]))
     return '\n'.join(lines) + ''.join('\n\n' + n for n in self.notes) + '\n'
 
   def markdown(self):
@@ -42,7 +64,8 @@ class Table(object):
                                          zip(self.columns, cells)])
 
   def csv(self):
-    """The table as CSV: full precision, 'nan' for not computable, empty for missing."""
+    """The table as CSV, every column: full precision, 'nan' for not computable, empty for
+    missing."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator='\n')
     writer.writerow([self.first] + [h for h, _ in self.columns])
@@ -91,7 +114,8 @@ def mean_sd_markdown(tables):
       raise ValueError('%s differs between the seeds: rows %s vs %s' % (
           first.name, [r for r, _ in first.rows], [r for r, _ in other.rows]))
   by_label = [dict(t.rows) for t in tables]
-  merged = Table(first.name, first.columns, first.rows, first.first, first.notes)
+  merged = Table(first.name, first.columns, first.rows, first.first, first.notes, first.title,
+                 first.csv_only)
   return merged._lines(lambda label, cells: [  # pylint: disable=protected-access
       mean_sd_cell(fmt, [rows[label][i] for rows in by_label])
       for i, (_, fmt) in enumerate(first.columns)])
@@ -150,10 +174,11 @@ def table2_from_csv(text):
   The success columns are fractions in [0, 1] ('%.4f'), empty (missing) where a model had no
   clean-correct image; the notes define them when the CSV has them (older ones do not).
   """
-  notes = ['n/c: not computable (fewer than two kept examples or only one class).']
-  if any(h.startswith('success ') for h in next(csv.reader(io.StringIO(text)), [])):
+  notes = [TABLE2_NC_NOTE + '.']
+  success = SUCCESS_COLUMN % ''
+  if any(h.startswith(success) for h in next(csv.reader(io.StringIO(text)), [])):
     notes.append(TABLE2_SUCCESS_NOTE)
   table = from_csv('Table 2', text, notes)
   # a rate, not a count, even when every seed's value happens to be written as 0 or 1
-  table.columns = [(h, '%.4f' if h.startswith('success ') else fmt) for h, fmt in table.columns]
+  table.columns = [(h, '%.4f' if h.startswith(success) else fmt) for h, fmt in table.columns]
   return table
