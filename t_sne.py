@@ -12,12 +12,12 @@ import os
 from absl import logging
 import numpy as np
 
+from rce.detection import detection
 from rce.flags import definitions
 from rce.flags import strict
-from rce.detection import detection
-from rce.results import io_utils
-from rce.results import provenance
 from rce.reports import report_render
+from rce.results import consistency
+from rce.results import io_utils
 from rce.results import result_files
 
 flags = definitions.flags
@@ -56,18 +56,20 @@ def panel(directory, title, eps_round, max_points, seed=0):
           'is_adv': is_adv}
 
 
-def _check_same_data(present):
-  """Each panel must hold its model's results, and both attacks on the same test images."""
-  summaries = [(d, result_files.load_summary(d)) for _, d in present]
-  for (model, _), (directory, summary) in zip(present, summaries):
-    if summary.get('model', model) != model:
-      raise result_files.ResultsError('%s holds results of the %s model, not %s'
-                                      % (directory, summary['model'], model))
-  identities = {repr(provenance.data_identity(s['provenance']['data']))
-                for _, s in summaries if 'provenance' in s}
-  if len(identities) > 1:
-    raise result_files.ResultsError('%s and %s attacked different test data; t-SNE compares '
-                                    'the same images' % (summaries[0][0], summaries[1][0]))
+def write_tsne(dirs, attack, out, eps_round, max_points, seed=0):
+  """The t-SNE panels of the attack folders `dirs` ({model: folder}; those that do not
+  exist are left out), side by side in the PNG `out`, which it returns."""
+  present = [(m, d) for m, d in sorted(dirs.items()) if os.path.isdir(d)]
+  if not present:
+    raise result_files.ResultsError('no attack results in %s; run test_adv.py --mode=attack '
+                                    'first' % ' or '.join(dirs.values()))
+  panels = [panel(d, '%s, %s' % (m, attack), eps_round, max_points, seed) for m, d in present]
+  consistency.check_panels([(m, d, result_files.load_summary(d)) for m, d in present])
+  io_utils.check_writable_dir(os.path.dirname(os.path.abspath(out)), '--tsne_out')
+  report_render.plot_tsne(panels, out)
+  logging.info('t-SNE of %s written to %s', ', '.join(m for m, _ in present), out)
+  print('wrote %s' % out)
+  return out
 
 
 def main():
@@ -75,19 +77,10 @@ def main():
               FLAGS.attack_method, FLAGS.dataset, False, results_dir=FLAGS.results_dir),
           'RCE': FLAGS.rce_dir or result_files.attack_dir(
               FLAGS.attack_method, FLAGS.dataset, True, results_dir=FLAGS.results_dir)}
-  present = [(m, d) for m, d in sorted(dirs.items()) if os.path.isdir(d)]
-  if not present:
-    raise result_files.ResultsError('no attack results in %s; run test_adv.py --mode=attack '
-                                    'first' % ' or '.join(dirs.values()))
   out = FLAGS.tsne_out or os.path.join(FLAGS.results_dir, 'detect_%s' % FLAGS.dataset,
                                        'tsne_%s.png' % FLAGS.attack_method)
-  panels = [panel(d, '%s, %s' % (m, FLAGS.attack_method), FLAGS.eps_round,
-                  FLAGS.tsne_max_points, FLAGS.seed) for m, d in present]
-  _check_same_data(present)
-  io_utils.check_writable_dir(os.path.dirname(os.path.abspath(out)), '--tsne_out')
-  report_render.plot_tsne(panels, out)
-  logging.info('t-SNE of %s written to %s', ', '.join(m for m, _ in present), out)
-  print('wrote %s' % out)
+  write_tsne(dirs, FLAGS.attack_method, out, FLAGS.eps_round, FLAGS.tsne_max_points,
+             FLAGS.seed)
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ none); otherwise it polls --log_root for new checkpoints, sleeping between polls
 evaluation is also written to {eval_dir}/precision.json with its provenance (checkpoint, step,
 model fingerprint, data files, flags) and checksum, for reproduce.py and Table 1.
 """
+import collections
 import os
 import sys
 import time
@@ -35,6 +36,15 @@ FLAGS = definitions.FLAGS
 def define_flags():
   definitions.define_base_flags()
   definitions.define_eval_flags()
+
+
+# One run: the model (HParams, data set, --log_root, --num_gpus: one device at most), the
+# test files `data_path` read in `batch_count` batches of `batch_size`, the output folder
+# `eval_dir`; `once`, or poll every `interval_secs`; `flags`: {name: value} of the flags that
+# change the result.
+EvalSettings = collections.namedtuple('EvalSettings', [
+    'hps', 'dataset', 'log_root', 'num_gpus', 'data_path', 'batch_count', 'batch_size',
+    'eval_dir', 'once', 'interval_secs', 'flags'])
 
 
 class Evaluator(object):
@@ -73,55 +83,62 @@ def _summary(writer, step, precision, best):
   writer.flush()
 
 
-def write_result(eval_dir, hps, evaluator, info, precision, total):
+def write_result(settings, evaluator, info, precision, total):
   """{eval_dir}/precision.json: the precision with its provenance, checksummed."""
-  folder = result_files.FolderWriter(eval_dir, result_files.CLEAN_RESULT)
+  hps = settings.hps
+  folder = result_files.FolderWriter(settings.eval_dir, result_files.CLEAN_RESULT)
   return folder.finish({
       'precision': float(precision), 'images': int(total), 'checkpoint': info.path,
-      'checkpoint_step': info.step, 'dataset': FLAGS.dataset,
+      'checkpoint_step': info.step, 'dataset': settings.dataset,
       'provenance': provenance.record(
           provenance.model_record(info, result_files.model_name(hps.RCE_train), hps),
-          provenance.data_record(evaluator.files),
-          {name: FLAGS[name].value for name in (
-              'dataset', 'RCE_train', 'num_residual_units', 'use_bottleneck',
-              'eval_batch_count', 'eval_batch_size')})})
+          provenance.data_record(evaluator.files), settings.flags)})
 
 
-def evaluate():
-  definitions.check_mode(['eval'], 'test_nor.py')
-  definitions.require_flags('test_nor.py', 'eval_data_path', 'log_root')
-  hps = definitions.hparams_from_flags()
-  if FLAGS.eval_once:
-    checkpoints.require_checkpoint(FLAGS.log_root)
+def evaluate_checkpoints(settings):
+  """Evaluates the latest checkpoint of `settings.log_root`, then (unless `once`) every new
+  one as it appears; returns the precision of the one evaluated `once`."""
+  s = settings
+  if s.once:
+    checkpoints.require_checkpoint(s.log_root)
   else:  # a state file naming another folder's checkpoints is refused before any work
-    checkpoints.latest_checkpoint(FLAGS.log_root)
-  evaluator = Evaluator(hps, FLAGS.dataset, FLAGS.eval_data_path, FLAGS.eval_batch_size)
-  _, config = placement.tower_devices(min(FLAGS.num_gpus, 1))
-  eval_dir = FLAGS.eval_dir or os.path.join(FLAGS.log_root, 'eval')
-  io_utils.check_writable_dir(eval_dir, '--eval_dir')
-  writer = tf1.summary.FileWriter(eval_dir)
+    checkpoints.latest_checkpoint(s.log_root)
+  evaluator = Evaluator(s.hps, s.dataset, s.data_path, s.batch_size)
+  _, config = placement.tower_devices(min(s.num_gpus, 1))
+  io_utils.check_writable_dir(s.eval_dir, '--eval_dir')
+  writer = tf1.summary.FileWriter(s.eval_dir)
   best, last_ckpt = 0.0, None
   while True:
-    ckpt = checkpoints.latest_checkpoint(FLAGS.log_root)
+    ckpt = checkpoints.latest_checkpoint(s.log_root)
     if ckpt is None or ckpt == last_ckpt:
-      logging.info('no new checkpoint in %s; sleeping %d s', FLAGS.log_root,
-                   FLAGS.eval_interval_secs)
-      time.sleep(FLAGS.eval_interval_secs)
+      logging.info('no new checkpoint in %s; sleeping %d s', s.log_root, s.interval_secs)
+      time.sleep(s.interval_secs)
       continue
-    precision, total, info = evaluator.evaluate(ckpt, FLAGS.eval_batch_count, config)
+    precision, total, info = evaluator.evaluate(ckpt, s.batch_count, config)
     step = info.step
     best = max(best, precision)
     last_ckpt = ckpt
-    write_result(eval_dir, hps, evaluator, info, precision, total)
+    write_result(s, evaluator, info, precision, total)
     _summary(writer, step, precision, best)
     logging.info('step %d: precision %.4f, best precision %.4f (%d images)', step, precision,
                  best, total)
     print('precision: %.4f, best precision: %.4f, images: %d, step: %d'
           % (precision, best, total, step))
     sys.stdout.flush()
-    if FLAGS.eval_once:
+    if s.once:
       writer.close()
       return precision
+
+
+def evaluate():
+  definitions.check_mode(['eval'], 'test_nor.py')
+  definitions.require_flags('test_nor.py', 'eval_data_path', 'log_root')
+  return evaluate_checkpoints(EvalSettings(
+      hps=definitions.hparams_from_flags(), dataset=FLAGS.dataset, log_root=FLAGS.log_root,
+      num_gpus=FLAGS.num_gpus, data_path=FLAGS.eval_data_path,
+      batch_count=FLAGS.eval_batch_count, batch_size=FLAGS.eval_batch_size,
+      eval_dir=FLAGS.eval_dir or os.path.join(FLAGS.log_root, 'eval'), once=FLAGS.eval_once,
+      interval_secs=FLAGS.eval_interval_secs, flags=definitions.flag_values('precision')))
 
 
 if __name__ == '__main__':

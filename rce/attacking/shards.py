@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from rce.attacking import attack_runner
-from rce.results import provenance
+from rce.results import consistency
 from rce.results import result_files
 
 # attack_stats of C&W-wb averaged over the examples Table 3 counts, not over all examples.
@@ -75,22 +75,11 @@ def load_shards(attack_dir, count, fingerprint, data, flags):
           '%s: shard %d of %d is missing; run test_adv.py --mode=attack --num_shards=%d '
           '--shard_index=%d with the same flags' % (directory, index, count, count, index))
     summary = result_files.load_verified_summary(directory)
-    made = summary['provenance']
-    if made['model']['fingerprint'] != fingerprint:
-      raise result_files.ResultsError(
-          '%s: made by checkpoint %s (step %d), not by the model of --log_root; rerun the '
-          'shard' % (directory, made['model']['checkpoint'], made['model']['global_step']))
-    if provenance.data_identity(made['data']) != data:
-      raise result_files.ResultsError('%s: attacked other data than --eval_data_path'
-                                      % directory)
-    differ = sorted(k for k, v in flags.items() if made['flags'].get(k) != v)
-    if differ:
-      raise result_files.ResultsError(
-          '%s: made with other flags (%s) than this merge'
-          % (directory, ', '.join('--%s=%s' % (k, made['flags'].get(k)) for k in differ)))
-    if made['flags'].get('shard_index') != index:
+    consistency.check_shard(summary, directory, fingerprint, data, flags)
+    made_index = summary['provenance']['flags'].get('shard_index')
+    if made_index != index:
       raise result_files.ResultsError('%s: holds shard %s, not %d'
-                                      % (directory, made['flags'].get('shard_index'), index))
+                                      % (directory, made_index, index))
     summaries.append((directory, summary))
   return summaries
 

@@ -3,11 +3,17 @@
 test_adv.py builds everything it needs (attacks included) on top of this one graph: the
 model function applies the RCE flip, images are fed, nothing is added per batch or round.
 """
+import collections
+
 import numpy as np
 import tensorflow as tf
 
-from rce.model import checkpoints
 import dataset_input
+from rce import placement
+from rce.model import checkpoints
+from rce.results import consistency
+from rce.results import provenance
+from rce.results import result_files
 import resnet_model
 
 tf1 = tf.compat.v1
@@ -61,3 +67,27 @@ class RestoredModel(object):
   def close(self):
     self.sess.close()
 
+
+# Where a mode restores its model from: the model's HParams, the data set, --log_root, and
+# --num_gpus (a mode runs on one device at most: 0 is the CPU).
+ModelSource = collections.namedtuple('ModelSource', ['hps', 'dataset', 'log_root',
+                                                     'num_gpus'])
+
+
+def restore(source):
+  """The RestoredModel of the latest checkpoint in `source.log_root`, on one device."""
+  _, config = placement.tower_devices(min(source.num_gpus, 1))
+  return RestoredModel(source.hps, source.dataset, source.log_root, config)
+
+
+def restored(model, log_root):
+  """The consistency.Restored of a RestoredModel, for the checks of what belongs to it."""
+  return consistency.Restored(model.info.fingerprint, log_root, model.ckpt, model.step)
+
+
+def result_provenance(model, data, flags):
+  """The provenance block of a result `model` made from the data record `data`, with the
+  result-changing `flags` ({name: value})."""
+  return provenance.record(
+      provenance.model_record(model.info, result_files.model_name(model.hps.RCE_train),
+                              model.hps), data, flags)

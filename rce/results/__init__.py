@@ -1,0 +1,1 @@
+"""Result files: atomic writes, folder layout and checksums, provenance of every run."""
