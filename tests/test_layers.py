@@ -73,7 +73,7 @@ def test_reproduce_plans_without_importing_tensorflow(tmp_path):
   """The driver's start (parsing and declaring every stage) loads no TensorFlow."""
   code = ('import sys; import reproduce; '
           'args = reproduce.parse_args(["--tiny", "--jobs=1", "--num_gpus=0", '
-          '"--out_dir=%s"]); reproduce.Driver(args).plan(); '
+          '"--out_dir=%s"]); reproduce.make_pipeline(args).plan(); '
           'print(sorted({m.split(".")[0] for m in sys.modules} & {'
           '"tensorflow", "keras", "resnet_model", "dataset_input", "attacks"}))'
           % tmp_path)

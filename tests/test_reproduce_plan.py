@@ -5,13 +5,15 @@ import os
 import numpy as np
 import pytest
 
+from rce.pipeline import paper
+from rce.pipeline import results_md
 from rce.tables import attack_names
 import reproduce
 
 
 def _driver(tmp_path, *argv):
   args = reproduce.parse_args(['--out_dir=%s' % (tmp_path / 'out'), '--num_gpus=0'] + list(argv))
-  return reproduce.Driver(args)
+  return reproduce.make_pipeline(args)
 
 
 def _mnist_files(directory, train, test):
@@ -60,7 +62,7 @@ def test_small_preset_is_real_data_on_a_cpu(tmp_path):
   assert p['units'] == 2 and p['steps']['mnist'] == 3000 and p['eps_round'] == 8
   assert p['attack_batches'] * p['attack_batch_size'] == 1000
   assert 'data' not in [s.name for s in driver.stages]  # no digits conversion
-  note = driver.data_note()
+  note = results_md.data_note(driver)
   assert '%s (30 images)' % os.path.join(data, 'data_train.bin') in note
   assert '%s (12 images)' % os.path.join(data, 'data_test.bin') in note
   assert 'digits' not in note
@@ -85,7 +87,7 @@ def test_digits_note_names_the_bundled_data(tmp_path):
                                                        14, 7), name)
                        for part, name in (('train', 'data_train.bin'),
                                           ('test', 'data_test.bin'))}
-  note = driver.data_note()
+  note = results_md.data_note(driver)
   assert '(14 images)' in note and '(7 images)' in note and 'bundled digits' in note
-  for preset in reproduce.PRESETS.values():
+  for preset in paper.PRESETS.values():
     assert 'SPEC' not in preset['note']
