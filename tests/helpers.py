@@ -180,3 +180,21 @@ def save_hand_made_results(results, labels_true, labels_nor, labels_adv, rng,
     result_files.save_kernel_params(result_files.kernel_dir('mnist', results), rce, train,
                                     train_labels, params,
                                     {'dataset': 'mnist', 'provenance': prov})
+
+
+def alive(pid):
+  """Whether process `pid` exists and is not a zombie (Linux /proc)."""
+  try:
+    with open('/proc/%d/stat' % pid) as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except OSError:
+    return False
+
+
+def wait_until_gone(pids, seconds):
+  """Waits up to `seconds` for every process of `pids` to end; returns those still alive."""
+  import time  # pylint: disable=g-import-not-at-top
+  deadline = time.time() + seconds
+  while any(alive(p) for p in pids) and time.time() < deadline:
+    time.sleep(0.05)
+  return [p for p in pids if alive(p)]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import (AUC_COLUMNS, MODELS, PNG_SIGNATURE, describe, markdown_table,  # pylint: disable=g-bad-import-order
-                      popen_script, run_script)
+                      popen_script, run_script, wait_until_gone)
 
 ATTACK_ROWS = ('FGSM', 'BIM', 'ILCM', 'JSMA', 'C&W', 'C&W-hc', 'C&W-wb')
 ATTACKS = ('fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2', 'carliniL2_highcon',
@@ -190,13 +190,6 @@ def _children(pid):
     return []
 
 
-def _alive(pid):
-  """Whether process `pid` exists and is not a zombie."""
-  try:
-    with open('/proc/%d/stat' % pid) as f:
-      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-  except OSError:
-    return False
 
 
 def test_new_steps_rerun_exactly_what_they_affect_then_nothing(first_run):
@@ -224,10 +217,7 @@ def test_new_steps_rerun_exactly_what_they_affect_then_nothing(first_run):
       proc.kill()
       proc.wait()
   assert proc.returncode != 0
-  deadline = time.time() + 20
-  while _alive(child) and time.time() < deadline:
-    time.sleep(0.1)
-  assert not _alive(child), 'the running stage outlived the driver'
+  assert not wait_until_gone([child], 20), 'the running stage outlived the driver'
 
   rerun = run_script(args, timeout=900)
   assert rerun.returncode == 0, describe(rerun)
@@ -300,10 +290,7 @@ def test_jobs_2_same_tables_and_a_stopped_parallel_run_resumes(first_run):
     if proc.poll() is None:
       proc.kill()
       proc.wait()
-  deadline = time.time() + 20
-  while any(_alive(c) for c in children) and time.time() < deadline:
-    time.sleep(0.1)
-  assert not any(_alive(c) for c in children), 'a running stage outlived the driver'
+  assert not wait_until_gone(children, 20), 'a running stage outlived the driver'
   with open(log_path) as f:
     finished = re.findall(r'^\[done\] (\S+) in', f.read(), flags=re.M)
   rerun = run_script(args, timeout=900)

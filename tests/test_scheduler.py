@@ -14,7 +14,7 @@ import time
 import pytest
 
 from rce.pipeline import scheduler
-from tests.helpers import REPO_ROOT, describe
+from tests.helpers import REPO_ROOT, describe, wait_until_gone
 
 # argv: the record's path, seconds to sleep, exit code.
 FAKE = ('import json, os, sys, time\n'
@@ -165,13 +165,6 @@ scheduler.Scheduler([stage], out + '/stages.json', out + '/logs', out).run()
 '''
 
 
-def _alive(pid):
-  """Whether process `pid` exists and is not a zombie (Linux /proc)."""
-  try:
-    with open('/proc/%d/stat' % pid) as f:
-      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-  except OSError:
-    return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc; PDEATHSIG')
@@ -196,7 +189,4 @@ def test_stopping_the_driver_stops_its_running_stage(tmp_path, signum):
       driver.kill()
       driver.communicate()
   assert driver.returncode != 0
-  deadline = time.time() + 15
-  while _alive(stage_pid) and time.time() < deadline:
-    time.sleep(0.05)
-  assert not _alive(stage_pid), 'the running stage outlived the driver'
+  assert not wait_until_gone([stage_pid], 15), 'the running stage outlived the driver'
