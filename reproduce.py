@@ -17,10 +17,8 @@ changed flag or --steps reruns exactly the stages it affects. The stages form a 
 (Ctrl-C, SIGTERM, even SIGKILL on Linux) stops its running stages too.
 """
 import argparse
-import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -34,43 +32,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # TensorFlow's C++ start-up notices (oneDNN, CUDA probing) would drown the stage logs.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-# Reads the newest checkpoint of a model folder in a subprocess, so that the driver loads no
-# model code (rce.model and TensorFlow); prints null, {step, fingerprint, finite} or {error}.
-_READ_CHECKPOINT = """
-import json, sys
-from rce.model import checkpoints
-try:
-  ckpt = checkpoints.latest_checkpoint(sys.argv[1])
-  info = checkpoints.inspect(ckpt) if ckpt else None
-  found = info and dict(step=info.step, fingerprint=info.fingerprint,
-                        finite=not info.nonfinite)
-except ValueError as e:  # CheckpointError: e.g. a state file naming another folder's files
-  found = dict(error=str(e))
-print(json.dumps(found))
-"""
-
 
 def model_identity(log_root):
   """The newest checkpoint of `log_root`: None, or {'step', 'fingerprint', 'finite'}.
 
+  The checkpoint reader needs TensorFlow, so it is imported here, when a training stage's
+  output is first checked, never at start-up (nor by rce.pipeline).
+
   Raises:
-    ValueError: the folder's checkpoints cannot be read (the reader's message).
+    ValueError: the folder's checkpoints cannot be read (CheckpointError, e.g. a state file
+      naming another folder's files).
   """
   if not os.path.isdir(log_root):
     return None  # no folder, no checkpoint: no need to start TensorFlow
-  proc = subprocess.run([sys.executable, '-c', _READ_CHECKPOINT, log_root], cwd=HERE,
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  lines = proc.stdout.strip().splitlines()
-  try:
-    found = json.loads(lines[-1]) if proc.returncode == 0 and lines else {}
-  except ValueError:
-    found = {}
-  if found is None:
+  from rce.model import checkpoints  # pylint: disable=g-import-not-at-top
+  ckpt = checkpoints.latest_checkpoint(log_root)
+  info = checkpoints.inspect(ckpt) if ckpt else None
+  if info is None:
     return None
-  if 'error' in found or 'step' not in found:
-    raise ValueError(found.get('error') or 'cannot read the checkpoints of %s: %s' % (
-        log_root, (proc.stderr.strip().splitlines() or ['exit %d' % proc.returncode])[-1]))
-  return found
+  return dict(step=info.step, fingerprint=info.fingerprint, finite=not info.nonfinite)
 
 
 def platform():

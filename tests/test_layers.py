@@ -12,8 +12,10 @@ DESIGN_CARD = ('resnet_model', 'dataset_input')  # the paper's modules beside th
 # What the design card's modules may import of this project: the lowest layers only, so that
 # every sub-package above them may import them.
 DESIGN_CARD_MAY_IMPORT = ('rce.tables', 'rce.results', 'rce.flags.strict')
-# What reproduce.py may import: the TensorFlow-free layers (checked at run time below too).
-REPRODUCE_MAY_IMPORT = ('rce.tables', 'rce.results', 'rce.reports.report_tables', 'rce.pipeline')
+# What reproduce.py may import: the TensorFlow-free layers, and the checkpoint reader
+# inside model_identity (planning loads no TensorFlow: checked at run time below).
+REPRODUCE_MAY_IMPORT = ('rce.tables', 'rce.results', 'rce.reports.report_tables', 'rce.pipeline',
+                        'rce.model.checkpoints')  # lazily, once a model is checked
 LOCAL = set(SCRIPTS + DESIGN_CARD) | {'rce', 'attacks'}
 
 
