@@ -14,6 +14,7 @@ import tensorflow as tf
 from rce.tables import attack_names  # pylint: disable=g-bad-import-order
 from rce.attacking import attack_runner
 import attacks
+from attacks import adaptive
 import dataset_input
 import resnet_model
 
@@ -29,6 +30,7 @@ CW_SEARCH_STEPS = 4
 CW_SMALL = 25  # images for the C&W-hc and extra-loss checks
 SWEEP = (0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2)
 TOL = 1e-6
+ADAPTIVE = ('pgd_ce', 'pgd_cw', 'pgd_hc', 'pgd_lagrangian', 'pgd_selective', 'pgd_orthogonal')
 
 
 def _scoped_logits_fn(hps, scope):
@@ -448,7 +450,7 @@ def test_table3_statistics_over_the_stated_subset():
 def test_registry():
   assert attacks.ATTACK_NAMES == ('random', 'fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2',
                                   'carliniL2_defaults', 'carliniL2_highcon',
-                                  'carliniL2_specific')
+                                  'carliniL2_specific') + ADAPTIVE
   for name in ('random', 'fgsm', 'bim', 'tgsm', 'jsma'):
     spec = attacks.get_attack(name)
     assert spec.info.swept and spec.info.cw_stages == () and callable(spec.build)
@@ -467,7 +469,7 @@ def test_registry():
                  for n in stages)
   assert [n for n in attacks.ATTACK_NAMES if attacks.get_attack(n).info.white_box] == [
       'carliniL2_specific']
-  titles = [attack_names.title(n) for n in attacks.ATTACK_NAMES]
+  titles = [attack_names.title(n) for n in attacks.ATTACK_NAMES if n not in ADAPTIVE]
   assert titles == ['Random', 'FGSM', 'BIM', 'ILCM', 'JSMA', 'C&W', "C&W (Carlini's defaults)",
                     'C&W-hc', 'C&W-wb']
   assert attack_names.paper_attacks() == ['fgsm', 'bim', 'tgsm', 'jsma', 'carliniL2',
@@ -477,6 +479,25 @@ def test_registry():
   assert [n for n in attacks.ATTACK_NAMES if attack_names.info(n).l0_noise] == ['jsma']
   assert attack_names.paper_attacks(white_box=True) == ['carliniL2_specific']
   assert attack_names.ordered(['zzz', 'carliniL2', 'fgsm']) == ['fgsm', 'carliniL2', 'zzz']
+
+
+def test_registry_of_the_adaptive_attacks():
+  """Table 6's attacks: no graph builder of their own (rce.attacking.adaptive_runner runs
+  attacks/adaptive.py), never a paper row, their column, loss and run folder names."""
+  assert attack_names.adaptive_attacks() == list(ADAPTIVE)
+  assert attack_names.adaptive_attacks(detector_aware=False) == ['pgd_ce', 'pgd_cw', 'pgd_hc']
+  info = {n: attack_names.info(n) for n in ADAPTIVE}
+  assert [(i.adaptive, i.pgd_loss) for i in info.values()] == [
+      ('oblivious', 'ce'), ('oblivious', 'cw'), ('oblivious', 'hc'), ('lagrangian', 'cw'),
+      ('selective', 'cw'), ('orthogonal', 'cw')]
+  assert not any(i.in_paper or i.white_box or attacks.get_attack(n).build
+                 for n, i in info.items())
+  assert [n for n in attacks.ATTACK_NAMES if attack_names.info(n).adaptive] == list(ADAPTIVE)
+  assert attack_names.adaptive_run('pgd_cw', 'lid') == 'pgd_cw'  # oblivious: no detector
+  assert attack_names.adaptive_run('pgd_orthogonal', 'lid', True) == 'pgd_orthogonal_lid_targeted'
+  with pytest.raises(ValueError, match='not an adaptive attack'):
+    attack_names.adaptive_run('fgsm')
+  assert adaptive.HIGH_CONFIDENCE == attack_names.info('carliniL2_highcon').cw_stages[0].confidence
 
 
 def test_swept_build_passes_each_attack_its_own_parameters():

@@ -12,13 +12,16 @@ import tensorflow as tf
 
 import attacks
 from rce.detection import detection
+from rce.tables import attack_names
 
 tf1 = tf.compat.v1
 
 # The attacks' parameters from the flags: `cw_overrides` maps each of attacks.CW_SETTINGS to
 # the value given on the command line, or None (the attack's own default).
+# `adaptive`: the adaptive_runner.AdaptiveParams of Table 6's PGD attacks (None: defaults).
 AttackParams = collections.namedtuple('AttackParams', [
-    'batch_size', 'nb_iter', 'jsma_max_iter', 'tgsm_target', 'cw_overrides', 'seed'])
+    'batch_size', 'nb_iter', 'jsma_max_iter', 'tgsm_target', 'cw_overrides', 'seed',
+    'adaptive'], defaults=(None,))
 
 
 def cw_batch_sizes(num_images, given, gpus):
@@ -53,11 +56,7 @@ def with_batch_fallback(attempt, sizes):
   raise ValueError('no batch size to try')
 
 
-def random_targets(labels, seed, num_classes):
-  """A seeded random class of `num_classes` different from each true label: int [N]."""
-  rng = np.random.RandomState(seed)
-  offsets = rng.randint(1, num_classes, size=len(labels))
-  return (np.asarray(labels) + offsets) % num_classes
+random_targets = attack_names.random_targets
 
 
 class Progress(object):

@@ -9,6 +9,8 @@ without importing TensorFlow.
 """
 import collections
 
+import numpy as np
+
 AttackInfo = collections.namedtuple('AttackInfo', [
     'name',  # the --attack_method value
     'title',  # its name in tables and figures
@@ -18,7 +20,10 @@ AttackInfo = collections.namedtuple('AttackInfo', [
     'cw_stages',  # run once: the CWStage of each C&W run, in order; swept: ()
     'full_only',  # True: reproduce.py runs it with --full only (not a row of the paper's code)
     'l0_noise',  # True: an L0 attack; its noisy negatives flip pixels (characteristics)
-], defaults=(False, False))
+    'adaptive',  # an L-inf PGD of Table 6: its column (ADAPTIVE_COLUMNS); None: not one
+    'pgd_loss',  # the adaptive PGD's classifier loss: 'ce', 'cw' (C&W margin), 'hc' (margin
+                 # with confidence 10)
+], defaults=(False, False, None, None))
 
 # One C&W run's settings.
 CWStage = collections.namedtuple('CWStage', [
@@ -55,6 +60,28 @@ _TABLE = (
                              confidence=5.0))),
 )
 
+# Table 6's L-inf PGD attacks (attacks/adaptive.py), swept over the data set's adaptive eps
+# list, each run untargeted or (--targeted) at the C&W target. The oblivious ones never ask
+# the detector (three losses, whose per-example worst case is Table 6's oblivious column);
+# the other three attack the detector named by --detector (after kernel_para and calibrate).
+ADAPTIVE_COLUMNS = ('oblivious', 'lagrangian', 'selective', 'orthogonal')
+# The detectors they attack (--detector; rce.detection.final_feature_detectors), row order.
+ADAPTIVE_DETECTORS = ('k_density', 'mahalanobis', 'lid')
+_TABLE += (
+    AttackInfo('pgd_ce', 'PGD (cross-entropy)', True, False, False, (), adaptive='oblivious',
+               pgd_loss='ce'),
+    AttackInfo('pgd_cw', 'PGD (C&W margin)', True, False, False, (), adaptive='oblivious',
+               pgd_loss='cw'),
+    AttackInfo('pgd_hc', 'PGD (high-confidence margin)', True, False, False, (),
+               adaptive='oblivious', pgd_loss='hc'),
+    AttackInfo('pgd_lagrangian', 'Lagrangian PGD', True, False, False, (),
+               adaptive='lagrangian', pgd_loss='cw'),
+    AttackInfo('pgd_selective', 'Selective PGD', True, False, False, (),
+               adaptive='selective', pgd_loss='cw'),
+    AttackInfo('pgd_orthogonal', 'Orthogonal PGD', True, False, False, (),
+               adaptive='orthogonal', pgd_loss='cw'),
+)
+
 ATTACKS = collections.OrderedDict((a.name, a) for a in _TABLE)
 ATTACK_NAMES = tuple(ATTACKS)
 
@@ -77,8 +104,36 @@ def ordered(names):
   return [n for n in ATTACK_NAMES if n in names] + sorted(names - set(ATTACK_NAMES))
 
 
+def adaptive_attacks(detector_aware=None):
+  """Table 6's attacks in order: all, or only those that attack a detector (True) or only
+  the oblivious ones (False)."""
+  return [a.name for a in _TABLE if a.adaptive and (
+      detector_aware is None or (a.adaptive != 'oblivious') == detector_aware)]
+
+
+def adaptive_run(attack, detector=None, targeted=False):
+  """The folder name of an adaptive attack run under adaptive_{dataset}/: the attack, the
+  detector it attacks (detector-aware ones only) and '_targeted' for the targeted threat
+  model, e.g. 'pgd_cw', 'pgd_orthogonal_lid_targeted'."""
+  spec = info(attack)
+  if not spec.adaptive:
+    raise ValueError('%s is not an adaptive attack (%s)' % (attack, ', '.join(
+        adaptive_attacks())))
+  parts = [attack] + ([detector] if spec.adaptive != 'oblivious' else [])
+  return '_'.join(parts) + ('_targeted' if targeted else '')
+
+
 def paper_attacks(white_box=False, full=False):
   """The paper's Table 2 attacks, in order: the plain ones, or (white_box) those on the
   detector; `full` adds the rows reproduce.py runs with --full only."""
   return [a.name for a in _TABLE
           if a.in_paper and a.white_box == white_box and (full or not a.full_only)]
+
+
+def random_targets(labels, seed, num_classes):
+  """The C&W target of each image (also the targeted adaptive attacks'): a seeded random
+  class of `num_classes` different from its true label, int [N]. The attack's --seed draws
+  them over all its images, so a shard and a reader of the results recompute the same."""
+  rng = np.random.RandomState(seed)
+  offsets = rng.randint(1, num_classes, size=len(labels))
+  return (np.asarray(labels) + offsets) % num_classes

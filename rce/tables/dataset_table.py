@@ -16,11 +16,16 @@ from rce.tables import errors
 DatasetSpec = collections.namedtuple('DatasetSpec', [
     'name', 'image_size', 'channels', 'num_classes', 'record_dtype', 'header_values',
     'label_index', 'record_values', 'pixel_scale', 'augment', 'lr_boundaries', 'lr_values',
-    'train_files', 'test_file'])
+    'train_files', 'test_file', 'adaptive_eps'])
+
+# The L-inf budgets of the adaptive attacks (Table 6), in the [-0.5, 0.5] pixel range: MNIST's
+# usual 0.1 / 0.2 / 0.3 (0.3 is Madry et al.'s), CIFAR's 2, 4 and 8 of 255.
+_MNIST_ADAPTIVE_EPS = (0.1, 0.2, 0.3)
+_CIFAR_ADAPTIVE_EPS = (2 / 255.0, 4 / 255.0, 8 / 255.0)
 
 _CIFAR = dict(image_size=32, channels=3, record_dtype=np.dtype('u1'), pixel_scale=255.0,
               augment=True, lr_boundaries=(40000, 60000, 80000),
-              lr_values=(0.1, 0.01, 0.001, 0.0001))
+              lr_values=(0.1, 0.01, 0.001, 0.0001), adaptive_eps=_CIFAR_ADAPTIVE_EPS)
 
 DATASETS = {
     'mnist': DatasetSpec(
@@ -28,7 +33,7 @@ DATASETS = {
         header_values=1, label_index=0, record_values=1 + 28 * 28, pixel_scale=1.0,
         augment=False, lr_boundaries=(10000, 15000, 20000),
         lr_values=(0.1, 0.01, 0.001, 0.0001), train_files='data_train.bin',
-        test_file='data_test.bin'),
+        test_file='data_test.bin', adaptive_eps=_MNIST_ADAPTIVE_EPS),
     'cifar10': DatasetSpec(
         name='cifar10', num_classes=10, header_values=1, label_index=0,
         record_values=1 + 32 * 32 * 3, train_files='data_batch_*.bin',
