@@ -71,8 +71,8 @@ def main(argv=None):
   plain = characteristics_runner.LayerModel(model)
   stats_arrays = characteristics_runner.training_statistics(
       plain.names, plain.outputs(train, pooled=True), train_labels, 10)
-  stats = {n: (stats_arrays[characteristics_runner.stats_key('means', n)],
-               stats_arrays[characteristics_runner.stats_key('precision', n)])
+  stats = {n: (stats_arrays[characteristics.stats_key('means', n)],
+               stats_arrays[characteristics.stats_key('precision', n)])
            for n in plain.names}
   with model.graph.as_default():
     layer_model = characteristics_runner.LayerModel(model, stats)

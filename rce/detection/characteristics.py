@@ -214,6 +214,11 @@ def lid_characteristics(normal_layers, other_layers, k=20, batch_size=100):
 # ---- Mahalanobis (Lee et al.) ------------------------------------------------------------
 
 
+def stats_key(kind, layer):
+  """Name of a Mahalanobis training statistic in the kernel npz ('means' / 'precision')."""
+  return 'maha_%s_%s' % (kind, layer)
+
+
 def class_statistics(features, labels, num_classes):
   """Class means and the precision of one covariance shared by all classes (Lee et al.).
 

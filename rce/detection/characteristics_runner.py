@@ -33,11 +33,8 @@ tf1 = tf.compat.v1
 # training split (0.0 is no pre-processing).
 MAHALANOBIS_EPS = (0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01)
 SETS = ('normal', 'adv', 'noisy')
-
-
-def stats_key(kind, layer):
-  """Name of a Mahalanobis training statistic in the kernel npz ('means' / 'precision')."""
-  return 'maha_%s_%s' % (kind, layer)
+# Key names of the Mahalanobis statistics in the kernel npz (defined TF-free, with them).
+stats_key = characteristics.stats_key
 
 
 def _pooled(layer):

@@ -52,12 +52,13 @@ def check_kernel_of(kernel_summary, kernel_dir, rce, model):
                                        _checkpoint(made_by), _restored(model)))
 
 
-def check_attack_of(summary, directory, model):
-  """The attack folder `directory` (its `summary`) must be of the restored `model`."""
+def check_attack_of(summary, directory, model, rerun='the attack'):
+  """The attack folder `directory` (its `summary`) must be of the restored `model`; the
+  message says to rerun `rerun`."""
   made_by = _made_by(summary)
   if made_by['fingerprint'] != model.fingerprint:
-    raise errors.ResultsError('%s was made by %s, not by the model of %s; rerun the attack'
-                              % (directory, _checkpoint(made_by), _restored(model)))
+    raise errors.ResultsError('%s was made by %s, not by the model of %s; rerun %s'
+                              % (directory, _checkpoint(made_by), _restored(model), rerun))
 
 
 def check_shard(summary, directory, fingerprint, data, flags):

@@ -70,6 +70,24 @@ def kernel_dir(dataset, results_dir='.'):
   return os.path.join(results_dir, 'kernel_para_%s' % dataset)
 
 
+def thresholds_dir(dataset, rce, results_dir='.'):
+  """`{results_dir}/thresholds_{dataset}/{RCE|CE}`: the detectors' thresholds of a model
+  (test_adv.py --mode=calibrate)."""
+  return os.path.join(results_dir, 'thresholds_%s' % dataset, model_name(rce))
+
+
+def adaptive_dir(run, dataset, rce, save_pwd=None, results_dir='.'):
+  """`{results_dir}/adaptive_{dataset}/{run}/{RCE|CE}` (run: attack_names.adaptive_run), or
+  --save_pwd when given."""
+  if save_pwd:
+    return save_pwd
+  return os.path.join(results_dir, 'adaptive_%s' % dataset, run, model_name(rce))
+
+
+# Folders under --results_dir that hold no Table 2 attack (find_attacks skips them).
+NOT_ATTACK_FOLDERS = ('kernel_para_', 'thresholds_', 'adaptive_', 'detect_')
+
+
 class FolderWriter(object):
   """Writes a result folder that counts as complete only once its summary lands.
 
@@ -280,7 +298,7 @@ def find_attacks(results_dir, dataset, models=MODELS):
   found = {}
   suffix = '_' + dataset
   for entry in sorted(os.listdir(results_dir)):
-    if not entry.endswith(suffix) or entry.startswith('kernel_para'):
+    if not entry.endswith(suffix) or entry.startswith(NOT_ATTACK_FOLDERS):
       continue
     for model in models:
       directory = os.path.join(results_dir, entry, model)
@@ -329,6 +347,37 @@ def load_kernel_params(directory, rce, dataset):
   with np.load(os.path.join(directory, 'kernel_%s.npz' % model_name(rce)),
                allow_pickle=False) as data:
     return {k: data[k] for k in data.files}, summary
+
+
+THRESHOLDS_ARRAYS = 'calibration.npz'
+
+
+def save_thresholds(directory, arrays, summary):
+  """Writes a model's calibration (scores npz without pickle, then the summary with the
+  thresholds) into thresholds_{dataset}/{RCE|CE}/."""
+  with FolderWriter(directory) as folder:
+    folder.write(THRESHOLDS_ARRAYS, io_utils.atomic_savez, **arrays)
+    return folder.finish(summary)
+
+
+def load_thresholds_summary(directory, rce, dataset, kernel_summary):
+  """The verified summary of a model's calibration, checked to be of `dataset`, the model
+  and the kernel `kernel_summary`; a ResultsError saying how to make it otherwise."""
+  command = ('python test_adv.py --mode=calibrate --dataset=%s --RCE_train=%s --log_root=... '
+             '--eval_data_path=... (after --mode=kernel_para)' % (dataset, rce))
+  if not os.path.exists(os.path.join(directory, SUMMARY)):
+    raise ResultsError('missing detector thresholds %s (%s); make them with: %s'
+                       % (directory, SUMMARY, command))
+  summary = load_verified_summary(directory)
+  if summary.get('dataset') != dataset or summary.get('model') != model_name(rce):
+    raise ResultsError('%s holds the thresholds of the %s model on %s, not %s on %s'
+                       % (directory, summary.get('model'), summary.get('dataset'),
+                          model_name(rce), dataset))
+  if summary.get('kernel_run_id') != run_id(kernel_summary):
+    raise ResultsError('%s: the thresholds were calibrated with another kernel (run %s, now '
+                       '%s); remake them with: %s' % (directory, summary.get('kernel_run_id'),
+                                                      run_id(kernel_summary), command))
+  return summary
 
 
 CHARACTERISTICS_FOLDER = 'characteristics'
