@@ -7,9 +7,17 @@
 Modes:
   attack       attacks --eval_batch_count batches of --attack_batch_size test images, sweeping
                eps 0.02..0.20 for the eps attacks (C&W runs once); writes the original's files
-               into {attack}_{dataset}/{RCE|CE}/ under --results_dir, or --save_pwd.
+               into {attack}_{dataset}/{RCE|CE}/ under --results_dir, or --save_pwd. Table
+               6's L-inf PGD attacks (pgd_ce, pgd_cw, pgd_hc ignore the detector;
+               pgd_lagrangian, pgd_selective, pgd_orthogonal attack --detector, after
+               calibrate) sweep the data set's adaptive eps list (MNIST 0.1, 0.2, 0.3),
+               untargeted or --targeted, into adaptive_{dataset}/{run}/{RCE|CE}/.
   kernel_para  features of --eval_batch_count batches of 100 training images
                (--train_data_path) -> kernel_para_{dataset}/ (kernel points, medians).
+  calibrate    for one model, after kernel_para: the K-density, Mahalanobis and LID detectors'
+               thresholds at 1 / 5 / 50 % false positives on --calibration_images clean test
+               images after the attacked ones -> thresholds_{dataset}/{RCE|CE}/, which the
+               adaptive attacks (--attack_method=pgd_*, Table 6) and detect read.
   characteristics
                for one model, every attack result folder of it under --results_dir: LID
                (Ma et al.) and Mahalanobis (Lee et al.) characteristics of the normal,
@@ -25,16 +33,19 @@ Modes:
 from absl import logging
 
 import attacks
+from rce.attacking import adaptive_runner
 from rce.attacking import attack_modes
 from rce.attacking import attack_runner
+from rce.detection import calibration
 from rce.detection import detector_modes
 from rce.model import restored_model
 from rce.flags import definitions
 from rce.flags import strict
 from rce.reports import detect_report
+from rce.tables import attack_names
 
 FLAGS = definitions.FLAGS
-MODES = ('attack', 'kernel_para', 'detect', 'merge_shards', 'characteristics')
+MODES = ('attack', 'kernel_para', 'calibrate', 'detect', 'merge_shards', 'characteristics')
 
 
 def define_flags():
@@ -48,6 +59,14 @@ def _source():
                                     FLAGS.log_root, FLAGS.num_gpus)
 
 
+def _attack_flags():
+  """The flags that change the attack's result (Table 6's attacks: their own too)."""
+  flags = definitions.flag_values('attack')
+  if attack_names.info(FLAGS.attack_method).adaptive:
+    flags.update(definitions.flag_values('adaptive'))
+  return flags
+
+
 def _attack_settings():
   """The attack of the flags (and the merge of its shards) as immutable values."""
   return attack_modes.AttackSettings(
@@ -57,10 +76,14 @@ def _attack_settings():
           batch_size=FLAGS.attack_batch_size, nb_iter=FLAGS.bim_nb_iter,
           jsma_max_iter=FLAGS.jsma_max_iter, tgsm_target=FLAGS.tgsm_target,
           cw_overrides={k: FLAGS['cw_' + k].value for k in attacks.CW_SETTINGS},
-          seed=FLAGS.seed),
+          seed=FLAGS.seed,
+          adaptive=adaptive_runner.AdaptiveParams(
+              detector=FLAGS.detector, targeted=FLAGS.targeted, steps=FLAGS.pgd_steps,
+              restarts=FLAGS.pgd_restarts, lagrange_steps=FLAGS.lagrange_steps,
+              attack_fpr=FLAGS.attack_fpr)),
       num_shards=FLAGS.num_shards, shard_index=FLAGS.shard_index,
       results_dir=FLAGS.results_dir, save_pwd=FLAGS.save_pwd,
-      flags=definitions.flag_values('attack'), shard_flags=definitions.flag_values('shard'))
+      flags=_attack_flags(), shard_flags=definitions.flag_values('shard'))
 
 
 def run_attack():
@@ -91,6 +114,22 @@ def run_kernel_para():
       results_dir=FLAGS.results_dir, flags=definitions.flag_values('kernel_para')))
 
 
+def _detector_settings():
+  return calibration.DetectorSettings(lid_k=FLAGS.lid_k, lid_reference=FLAGS.lid_reference,
+                                      seed=FLAGS.seed)
+
+
+def run_calibrate():
+  """--mode=calibrate: the detectors' thresholds on clean test images after the attacked
+  ones -> thresholds_{dataset}/{RCE|CE}/."""
+  definitions.require_flags('test_adv.py --mode=calibrate', 'eval_data_path', 'log_root')
+  return detector_modes.run_calibrate(detector_modes.CalibrationSettings(
+      source=_source(), data_path=FLAGS.eval_data_path,
+      attacked=FLAGS.eval_batch_count * FLAGS.attack_batch_size,
+      num_images=FLAGS.calibration_images, detectors=_detector_settings(),
+      results_dir=FLAGS.results_dir, flags=definitions.flag_values('calibration')))
+
+
 def run_characteristics():
   """--mode=characteristics: LID and Mahalanobis characteristics of every attack folder of
   this model under --results_dir, written into {attack folder}/characteristics/."""
@@ -111,7 +150,8 @@ def run_detect():
 
 def main():
   definitions.check_mode(MODES, 'test_adv.py')
-  {'attack': run_attack, 'kernel_para': run_kernel_para, 'detect': run_detect,
+  {'attack': run_attack, 'kernel_para': run_kernel_para, 'calibrate': run_calibrate,
+   'detect': run_detect,
    'merge_shards': run_merge_shards,
    'characteristics': run_characteristics}[FLAGS.mode or 'attack']()
 

@@ -91,3 +91,38 @@ def test_digits_note_names_the_bundled_data(tmp_path):
   assert '(14 images)' in note and '(7 images)' in note and 'bundled digits' in note
   for preset in paper.PRESETS.values():
     assert 'SPEC' not in preset['note']
+
+
+def test_table6_stages_from_the_digits_preset_on_none_in_tiny(tmp_path):
+  names = [s.name for s in _driver(tmp_path / 'tiny', '--tiny').plan()]
+  assert not any(n.startswith(('calibrate', 'adaptive')) for n in names)
+  driver = _driver(tmp_path / 'digits')
+  stages = {s.name: s for s in driver.plan()}
+  runs = [attack_names.adaptive_run(a, d, t) for t in (False, True)
+          for a in attack_names.adaptive_attacks()
+          for d in (attack_names.ADAPTIVE_DETECTORS
+                    if attack_names.info(a).adaptive != 'oblivious' else (None,))]
+  assert len(runs) == 2 * (3 + 3 * 3)
+  for model in ('CE', 'RCE'):
+    assert stages['calibrate_%s' % model].deps == ('kernel_para_%s' % model,)
+    for run in runs:
+      stage = stages['adaptive_%s_%s' % (run, model)]
+      aware = not run.startswith(('pgd_ce', 'pgd_cw', 'pgd_hc'))
+      assert stage.deps == (('train_%s' % model,) + (('calibrate_%s' % model,) if aware
+                                                       else ()))
+      assert 'adaptive_%s_%s' % (run, model) in stages['detect'].deps
+    command = stages['adaptive_pgd_orthogonal_lid_targeted_%s' % model].command()
+    for flag in ('--attack_method=pgd_orthogonal', '--detector=lid', '--targeted=True',
+                 '--pgd_steps=20', '--pgd_restarts=1', '--attack_batch_size=100'):
+      assert flag in command, (flag, command)
+    calibrate = stages['calibrate_%s' % model].command()
+    # the thresholds come from the test images after every attacked one (200 of the preset)
+    assert '--attack_batch_size=200' in calibrate and '--eval_batch_count=1' in calibrate
+
+
+def test_full_preset_runs_table6_with_1000_steps_and_10_restarts(tmp_path):
+  driver = _driver(tmp_path, '--full', '--data_dir=%s' % tmp_path)
+  stages = {s.name: s for s in driver.plan()}
+  command = stages['adaptive_pgd_selective_k_density_RCE'].command()
+  assert '--pgd_steps=1000' in command and '--pgd_restarts=10' in command
+  assert '--attack_batch_size=1000' in command

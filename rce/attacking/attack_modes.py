@@ -16,14 +16,17 @@ from absl import logging
 import attacks
 import dataset_input
 from rce import placement
+from rce.attacking import adaptive_runner
 from rce.attacking import attack_runner
 from rce.attacking import shards
+from rce.detection import calibration
 from rce.model import checkpoints
 from rce.model import restored_model
 from rce.results import consistency
 from rce.results import io_utils
 from rce.results import provenance
 from rce.results import result_files
+from rce.tables import attack_names
 from rce.tables import perturbation
 
 # An attack run: `method` (an --attack_method) on the first `num_images` images of
@@ -39,10 +42,25 @@ AttackSettings = collections.namedtuple('AttackSettings', [
 
 
 def attack_dir(settings):
-  """The result folder of the (unsharded) attack: --save_pwd, or the default layout."""
+  """The result folder of the (unsharded) attack: --save_pwd, or the default layout (Table
+  6's attacks under adaptive_{dataset}/{run}/, the run naming detector and targeting)."""
+  info = attack_names.info(settings.method)
+  if info.adaptive:
+    p = settings.params.adaptive or adaptive_runner.DEFAULT_PARAMS
+    return result_files.adaptive_dir(
+        attack_names.adaptive_run(settings.method, p.detector, p.targeted),
+        settings.source.dataset, settings.source.hps.RCE_train, settings.save_pwd,
+        settings.results_dir)
   return result_files.attack_dir(settings.method, settings.source.dataset,
                                  settings.source.hps.RCE_train, settings.save_pwd,
                                  settings.results_dir)
+
+
+def _eps_list(settings, spec):
+  """The eps of each round: --eps, or the sweep (Table 6's attacks: the data set's list)."""
+  if spec.info.adaptive and settings.eps <= 0:
+    return list(dataset_input.get_spec(settings.source.dataset).adaptive_eps)
+  return perturbation.eps_schedule(settings.eps)
 
 
 def run_attack(settings):
@@ -56,14 +74,22 @@ def run_attack(settings):
                     '--attack_batch_size: attacking %d', len(images), s.num_images,
                     len(images))
   shards.check_count(len(images), s.num_shards)
-  kernel = None
+  kernel = calibrated = None
   kernel_dir = result_files.kernel_dir(dataset, s.results_dir)
-  if spec.info.white_box:
+  aware = spec.info.adaptive not in (None, 'oblivious')  # attacks a calibrated detector
+  if spec.info.adaptive:
+    adaptive_runner.check_unsharded(spec, s.num_shards)
+  if spec.info.white_box or aware:
     kernel, kernel_summary = result_files.load_kernel_params(kernel_dir, rce, dataset)
+  if aware:
+    calibrated = calibration.load(s.results_dir, dataset, rce, kernel, kernel_summary)
+    calibrated.check_attacked(len(images))
   model = restored_model.restore(s.source)
-  if spec.info.white_box:
-    consistency.check_kernel_of(kernel_summary, kernel_dir, rce,
-                                restored_model.restored(model, s.source.log_root))
+  if spec.info.white_box or aware:
+    made = restored_model.restored(model, s.source.log_root)
+    consistency.check_kernel_of(kernel_summary, kernel_dir, rce, made)
+    if aware:
+      calibration.load(s.results_dir, dataset, rce, kernel, kernel_summary, made)
   out_dir = attack_dir(s)
   targets = attack_runner.random_targets(labels, s.params.seed, model.hps.num_classes)
   shard = None
@@ -82,14 +108,15 @@ def run_attack(settings):
       params = params._replace(cw_overrides=dict(params.cw_overrides, batch_size=cw_batch))
     model = model or restored_model.restore(s.source)  # a retry restores into a fresh graph
     try:
-      return _attack_rounds(s, model, spec, params, images, labels, targets, kernel, out_dir)
+      return _attack_rounds(s, model, spec, params, images, labels, targets,
+                            calibrated if spec.info.adaptive else kernel, out_dir)
     except BaseException:
       model.close()  # frees the device memory before a retry at a smaller batch
       model = None
       raise
 
   sizes = [None]
-  if not spec.info.swept:
+  if not spec.info.swept and not spec.info.adaptive:
     given = s.params.cw_overrides['batch_size']
     sizes = attack_runner.cw_batch_sizes(len(images), given, placement.available_gpus())
     if sizes[0] is not None and given is None:
@@ -106,6 +133,11 @@ def run_attack(settings):
                  model, provenance.data_record(files), dict(s.flags, **s.shard_flags))}
   if shard:
     summary['shard'] = shard
+  if spec.info.adaptive:
+    summary['targets'] = [int(t) for t in targets]  # the C&W targets, for --targeted runs
+    if calibrated is not None:
+      summary['calibration_run_id'] = calibrated.run_id
+      summary['kernel_run_id'] = result_files.run_id(kernel_summary)
   result_files.save_attack_results(out_dir, arrays, summary)
   if extra:
     logging.info('%s: %s', s.method, extra)
@@ -116,13 +148,17 @@ def run_attack(settings):
 
 
 def _attack_rounds(settings, model, spec, params, images, labels, targets, kernel, out_dir):
-  """Builds the attack in the restored graph, finalizes it, runs every round.
+  """Builds the attack in the restored graph, finalizes it, runs every round. `kernel` is
+  the kernel of C&W-wb, the calibration of a detector-aware adaptive attack, or None.
 
   Returns (adversarial rounds [R, N, ...], attack statistics, eps list).
   """
-  if spec.info.swept:
+  if spec.info.adaptive:
+    attack = adaptive_runner.AdaptiveAttack(model, spec, params, kernel)
+    eps_list = _eps_list(settings, spec)
+  elif spec.info.swept:
     attack = attack_runner.EpsAttack(model, spec, params)
-    eps_list = perturbation.eps_schedule(settings.eps)
+    eps_list = _eps_list(settings, spec)
   else:
     attack, eps_list = attack_runner.CWAttack(model, spec, params, kernel), [None]
   model.init_new_variables()
@@ -131,6 +167,9 @@ def _attack_rounds(settings, model, spec, params, images, labels, targets, kerne
                settings.method, len(images), settings.data_path,
                result_files.model_name(settings.source.hps.RCE_train), model.step, out_dir)
   progress = attack_runner.Progress(settings.method, len(images) * len(eps_list))
+  if spec.info.adaptive:
+    adv_rounds, per_round = attack.run(images, labels, targets, eps_list, progress)
+    return adv_rounds, {'settings': attack.settings(), 'rounds': per_round}, eps_list
   if spec.info.swept:
     return attack.run(images, eps_list, progress), {}, eps_list
   adv_rounds, extra = attack.run(images, labels, targets, progress)

@@ -11,6 +11,9 @@ call them directly.
 """
 import collections
 
+from absl import logging
+
+from rce.detection import calibration
 from rce.detection import characteristics_runner
 from rce.detection import detection
 from rce.model import restored_model
@@ -33,6 +36,12 @@ KernelSettings = collections.namedtuple('KernelSettings', [
 # `flags`: {name: value} of the flags that change them.
 CharacteristicsSettings = collections.namedtuple('CharacteristicsSettings', [
     'source', 'results_dir', 'eps_round', 'lid_k', 'lid_batch', 'seed', 'flags'])
+
+
+# --mode=calibrate: the `num_images` test images of `data_path` after its first `attacked`
+# (the attacks' images); the detectors made with `detectors` (calibration.DetectorSettings).
+CalibrationSettings = collections.namedtuple('CalibrationSettings', [
+    'source', 'data_path', 'attacked', 'num_images', 'detectors', 'results_dir', 'flags'])
 
 
 def run_kernel_para(settings):
@@ -101,3 +110,43 @@ def run_characteristics(settings):
         result_files.characteristics_dir(found[attack])))
   model.close()
   return found
+
+
+def run_calibrate(settings):
+  """The detectors' thresholds at 1 / 5 / 50 % false positives on clean test images after
+  the attacked ones -> thresholds_{dataset}/{RCE|CE}/; returns the folder."""
+  s, dataset, rce = settings, settings.source.dataset, settings.source.hps.RCE_train
+  files = dataset_input.validate_files(dataset, s.data_path)
+  images, labels = dataset_input.load_arrays(dataset, s.data_path,
+                                             s.attacked + s.num_images, files)
+  images, labels = images[s.attacked:], labels[s.attacked:]
+  if len(images) < s.num_images:
+    logging.warning('the test files hold %d images after the %d attacked ones, fewer than '
+                    '--calibration_images=%d: calibrating on %d', len(images), s.attacked,
+                    s.num_images, len(images))
+  kernel_dir = result_files.kernel_dir(dataset, s.results_dir)
+  kernel, kernel_summary = result_files.load_kernel_params(kernel_dir, rce, dataset)
+  detectors = calibration.build_detectors(kernel, s.detectors)
+  out_dir = result_files.thresholds_dir(dataset, rce, s.results_dir)
+  io_utils.check_writable_dir(out_dir, '--results_dir')
+  model = restored_model.restore(s.source)
+  consistency.check_kernel_of(kernel_summary, kernel_dir, rce,
+                              restored_model.restored(model, s.source.log_root))
+  logits, features = model.outputs(images)
+  model.close()
+  predicted = logits.argmax(axis=1)
+  scores, thresholds = calibration.calibrate(detectors, features, predicted)
+  summary = calibration.summary_block(thresholds, s.detectors, s.attacked, len(images),
+                                      float((predicted == labels).mean()))
+  summary.update(dataset=dataset, model=result_files.model_name(rce),
+                 kernel_run_id=result_files.run_id(kernel_summary),
+                 provenance=restored_model.result_provenance(
+                     model, provenance.data_record(files), s.flags))
+  arrays = dict({'scores_' + name: v for name, v in scores.items()}, labels=labels,
+                predicted=predicted, features=features)
+  result_files.save_thresholds(out_dir, arrays, summary)
+  print('wrote the thresholds of %s (%s) at false-positive rates %s on %d clean test images '
+        '(%d..%d) to %s' % (', '.join(detectors), result_files.model_name(rce),
+                            ' / '.join('%g %%' % (100 * f) for f in calibration.FPRS),
+                            len(images), s.attacked, s.attacked + len(images) - 1, out_dir))
+  return out_dir

@@ -29,9 +29,10 @@ FLAGS = strict.FLAGS
 # (result_flags lists them): test_nor.py's precision.json, an attack result folder (also the
 # merge of its shards), which shard of it a --num_shards run holds, the kernel files, the
 # characteristics.
-RESULTS = ('precision', 'attack', 'shard', 'kernel_para', 'characteristics')
+RESULTS = ('precision', 'attack', 'shard', 'kernel_para', 'characteristics', 'calibration',
+           'adaptive')
 # The restored model's flags change every result made from it.
-_MODEL = ('precision', 'attack', 'kernel_para', 'characteristics')
+_MODEL = ('precision', 'attack', 'kernel_para', 'characteristics', 'calibration')
 
 _Flag = collections.namedtuple('_Flag', ['kind', 'name', 'default', 'help', 'changes',
                                          'validator', 'args'])
@@ -82,7 +83,8 @@ _BASE_FLAGS = (
     _flag('enum', 'dataset', 'mnist', 'Data set.', _MODEL,
           enum_values=sorted(dataset_table.DATASETS)),
     _flag('string', 'mode', None, 'train (train.py), eval (test_nor.py), '
-          'attack | kernel_para | detect (test_adv.py).'),
+          'attack | kernel_para | calibrate | characteristics | detect | merge_shards '
+          '(test_adv.py).'),
     _flag('string', 'log_root', '', 'Directory of the checkpoints.'),
     _flag('integer', 'num_gpus', 0, 'GPUs (towers) to use; 0 is the CPU. With fewer GPUs '
           'than asked for, the towers run on as many virtual CPU devices.', lower_bound=0),
@@ -99,7 +101,7 @@ _BASE_FLAGS = (
           'for the periodic test precision; default the test file beside the '
           'training files, if present).'),
     _flag('integer', 'seed', 0, 'Random seed (graph, shuffling, kernel points, targets).',
-          ('attack', 'kernel_para', 'characteristics'), lower_bound=0),
+          ('attack', 'kernel_para', 'characteristics', 'calibration'), lower_bound=0),
 )
 
 
@@ -174,7 +176,7 @@ def lr_schedule_from_flags():
 _EVAL_FLAGS = (
     _flag('string', 'eval_dir', '', 'TensorBoard summaries of evaluation.'),
     _count('eval_batch_count', 50, 'Number of eval batches.',
-           ('precision', 'attack', 'kernel_para')),
+           ('precision', 'attack', 'kernel_para', 'calibration')),
     _count('eval_batch_size', 100, 'Images per eval batch.', ('precision',)),
     _flag('bool', 'eval_once', False, 'Evaluate the latest checkpoint once and exit.'),
     _count('eval_interval_secs', 60, 'Seconds between checkpoint polls.'),
@@ -191,14 +193,16 @@ _ATTACK_FLAGS = (
     _flag('enum', 'attack_method', 'fgsm', 'The attack.', ('attack',),
           enum_values=list(attack_names.ATTACK_NAMES)),
     _flag('float', 'eps', 0.0, 'A single eps for the eps attacks, in (0, 1]; 0 sweeps '
-          '0.02..0.20.', ('attack',),
+          '0.02..0.20 (Table 6\'s pgd_* attacks: the data set\'s adaptive eps list).',
+          ('attack',),
           validator=(lambda v: v == 0 or 0 < v <= 1,
                      '--eps must be in (0, 1], or 0 for the sweep 0.02..0.20')),
     _flag('string', 'save_pwd', '', 'Where attack results go; default '
           '{results_dir}/{attack}_{dataset}/{RCE|CE}.'),
     _flag('string', 'results_dir', '.', 'Folder of kernel_para_{dataset}/ and the attack '
           'results (default layout).'),
-    _count('attack_batch_size', 200, 'Images per attack batch (eps attacks).', ('attack',)),
+    _count('attack_batch_size', 200, 'Images per attack batch (eps attacks).',
+           ('attack', 'calibration')),
     _count('bim_nb_iter', 10, 'Steps of BIM and ILCM (each eps/steps).', ('attack',)),
     _count('jsma_max_iter', 100, 'Most pixels JSMA changes per image.', ('attack',)),
     # The C&W settings default to each attack's own (the original's, in the attack
@@ -224,10 +228,30 @@ _ATTACK_FLAGS = (
            '(kernel_para).', ('kernel_para',)),
     _count('eps_round', 8, 'eps round of the swept attacks that detect reports (1-based: 8 '
            'is eps 0.16).', ('characteristics',)),
-    _count('lid_k', 20, 'Nearest neighbours of the LID estimate (--mode=characteristics).',
-           ('characteristics',)),
+    _count('lid_k', 20, 'Nearest neighbours of the LID estimate (--mode=characteristics, '
+           'and the LID detector of --mode=calibrate).', ('characteristics', 'calibration')),
     _count('lid_batch', 100, 'Minibatch of normal examples LID is estimated within '
            '(--mode=characteristics; more than --lid_k).', ('characteristics',)),
+    _count('calibration_images', 1000, 'Clean test images after the attacked ones '
+           '(--eval_batch_count x --attack_batch_size) that --mode=calibrate fixes the '
+           'detectors\' thresholds on (1 / 5 / 50 %% false positives).', ('calibration',)),
+    _count('lid_reference', 100, 'Kernel points (drawn with --seed) that the LID detector of '
+           'the adaptive attacks finds its --lid_k neighbours among (--mode=calibrate).',
+           ('calibration',)),
+    _flag('enum', 'detector', 'k_density', 'The detector a detector-aware adaptive attack '
+          '(pgd_lagrangian, pgd_selective, pgd_orthogonal) attacks.', ('adaptive',),
+          enum_values=list(attack_names.ADAPTIVE_DETECTORS)),
+    _flag('bool', 'targeted', False, 'Adaptive attacks: aim at the C&W target (a seeded '
+          'random other class) instead of any wrong class.', ('adaptive',)),
+    _count('pgd_steps', 100, 'Steps per restart of the adaptive PGD attacks.', ('adaptive',)),
+    _count('pgd_restarts', 2, 'Random restarts of the adaptive PGD attacks (they alternate '
+           'the step size).', ('adaptive',)),
+    _count('lagrange_steps', 5, 'Search rounds of the Lagrangian PGD\'s per-example '
+           'multiplier.', ('adaptive',)),
+    _flag('float', 'attack_fpr', 0.05, 'The false-positive rate whose threshold the '
+          'Lagrangian PGD aims below (one of 0.01, 0.05, 0.5).', ('adaptive',),
+          validator=(lambda v: v in (0.01, 0.05, 0.5),
+                     '--attack_fpr must be 0.01, 0.05 or 0.5 (a calibrated threshold)')),
     _count('num_shards', 1, 'Split the attacked images into this many contiguous shards '
            '(--mode=attack runs one, --mode=merge_shards joins them).', ('shard',)),
     _flag('integer', 'shard_index', 0, 'The shard this --mode=attack run attacks '

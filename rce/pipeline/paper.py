@@ -29,43 +29,52 @@ PRESETS = {
         units=1, steps=dict(mnist=60, cifar10=60, cifar100=60), lr_decay=(0.6, 0.85),
         checkpoint_steps=30, attack_batches=1,
         attack_batch_size=40, kernel_batches=15, cw=dict(iterations=20, search=2, batch=40),
-        jsma_max_iter=20, eps_round=2, tsne=('fgsm',), digits_only=False,
+        jsma_max_iter=20, eps_round=2, tsne=('fgsm',), digits_only=False, adaptive=None,
         note='CI smoke run: ResNet-8, 60 training steps, 40 attacked images, C&W runs capped '
-             'at 20 iterations and 2 binary-search steps, JSMA 20 pixels (the original: 100); '
-             'numbers are not meaningful, only complete.'),
+             'at 20 iterations and 2 binary-search steps, JSMA 20 pixels (the original: 100), '
+             'no Table 6 (the adaptive attacks run from --digits on); numbers are not '
+             'meaningful, only complete.'),
     'digits': dict(
         units=1, steps=dict(mnist=1000, cifar10=1000, cifar100=1000), lr_decay=(0.6, 0.85),
         checkpoint_steps=500, attack_batches=1, attack_batch_size=200, kernel_batches=15,
         cw=dict(iterations=100, search=5, batch=100), jsma_max_iter=100, eps_round=1,
         tsne=('fgsm', 'carliniL2'), digits_only=True,
+        adaptive=dict(images=100, steps=20, restarts=1, lagrange_steps=3, calibration=1000),
         note='bundled digits data (scikit-learn\'s 8x8 digits upsampled to 28x28), ResNet-8 '
              '(num_residual_units=1), 1000 steps with the learning rate 0.1 / 0.01 / 0.001 '
              'from 60 % / 85 % of them, 200 attacked images, C&W runs capped at 100 '
              'iterations and 5 binary-search steps, detection at eps round 1 (eps 0.02): on '
              'this small, easy data set every attack succeeds from eps 0.1 on and K-density\'s '
              'AUC saturates near 1 for CE and RCE alike, so only the small-eps rounds show '
-             'a difference.'),
+             'a difference. Table 6: 100 attacked images, 20 PGD steps, 1 restart, 3 '
+             'Lagrangian search rounds, thresholds on the 159 test images after the 200 '
+             'attacked ones.'),
     'small': dict(
         units=2, steps=dict(mnist=3000, cifar10=3000, cifar100=3000), lr_decay=(0.6, 0.85),
         checkpoint_steps=500, attack_batches=5, attack_batch_size=200, kernel_batches=200,
         cw=dict(iterations=100, search=5, batch=100), jsma_max_iter=100, eps_round=8,
         tsne=('fgsm', 'carliniL2'), digits_only=False,
+        adaptive=dict(images=500, steps=100, restarts=2, lagrange_steps=5, calibration=1000),
         note='real data on a CPU: ResNet-14 (num_residual_units=2), 3000 steps with the '
              'learning rate 0.1 / 0.01 / 0.001 from 60 % / 85 % of them, kernel points from '
              'the first 20000 training images, 1000 attacked images, C&W runs capped at 100 '
-             'iterations and 5 binary-search steps, eps round 8 (0.16).'),
+             'iterations and 5 binary-search steps, eps round 8 (0.16); Table 6: 500 attacked '
+             'images, 100 PGD steps, 2 restarts.'),
     'full': dict(
         units=5, steps=dict(mnist=20000, cifar10=90000, cifar100=90000), lr_decay=None,
         checkpoint_steps=2500,
         attack_batches=5, attack_batch_size=200, kernel_batches=500,
         cw=dict(iterations=None, search=None, batch=100), jsma_max_iter=100, eps_round=8,
         tsne=('fgsm', 'carliniL2'), digits_only=False,
+        adaptive=dict(images=1000, steps=1000, restarts=10, lagrange_steps=5,
+                      calibration=1000),
         note="the paper's settings: ResNet-32, 20000 (mnist) / 90000 (cifar) steps with the "
              "paper's learning-rate schedule, clean error on all test images, kernel points "
              'from the first 50000 training images, 1000 attacked images, the original\'s C&W '
              'settings (abort early per example) and a C&W row at Carlini\'s own defaults '
              '(9 x 10000 iterations: the original\'s 9 x 10 finds no adversarial example on '
-             'real MNIST), eps round 8 (0.16).'),
+             'real MNIST), eps round 8 (0.16); Table 6: 1000 attacked images, 1000 PGD steps, '
+             '10 restarts, thresholds on the 1000 test images after them.'),
 }
 
 # The `--RCE_train` value of each model, in models.MODELS's order (CE, RCE).
@@ -300,6 +309,61 @@ class Pipeline(object):
         lambda: result_files.run_id(result_files.load_verified_summary(
             directory, result_files.kernel_summary_name(rce)))), rep)
 
+  def calibrate(self, rce, rep, test_path):
+    """The detectors' thresholds of one model, on the test images after every attacked one."""
+    model = models.model_name(rce)
+    p = self.preset
+    directory = result_files.thresholds_dir(self.args.dataset, rce, rep.results)
+    return self.add(scheduler.Stage(
+        stage_name('calibrate', model, seed=rep.seed),
+        (stage_name('kernel_para', model, seed=rep.seed),),
+        lambda: self.script(
+            'test_adv.py', '--eval_data_path=%s' % test_path, '--mode=calibrate',
+            '--results_dir=%s' % rep.results, '--eval_batch_count=%d' % p['attack_batches'],
+            '--attack_batch_size=%d' % p['attack_batch_size'],
+            '--calibration_images=%d' % p['adaptive']['calibration'],
+            *self.model_flags(rce, rep)),
+        lambda outputs: dict(outputs, data=self.data_id('test', test_path)),
+        lambda: result_files.run_id(result_files.load_verified_summary(directory))), rep)
+
+  def adaptive(self, attack, rce, rep, test_path, detector, targeted):
+    """One of Table 6's attacks on one model: oblivious after training, detector-aware after
+    the model's calibration."""
+    model = models.model_name(rce)
+    p = self.preset['adaptive']
+    run = attack_names.adaptive_run(attack, detector, targeted)
+    directory = result_files.adaptive_dir(run, self.args.dataset, rce, results_dir=rep.results)
+    aware = attack_names.info(attack).adaptive != 'oblivious'
+    upstream = [stage_name('train', model, seed=rep.seed)]
+    if aware:
+      upstream.append(stage_name('calibrate', model, seed=rep.seed))
+    flags = ['--results_dir=%s' % rep.results, '--eval_batch_count=1',
+             '--attack_batch_size=%d' % p['images'], '--pgd_steps=%d' % p['steps'],
+             '--pgd_restarts=%d' % p['restarts'], '--lagrange_steps=%d' % p['lagrange_steps'],
+             '--targeted=%s' % targeted] + (['--detector=%s' % detector] if aware else [])
+    return self.add(scheduler.Stage(
+        stage_name('adaptive', model, run, rep.seed), tuple(upstream),
+        lambda: self.script(
+            'test_adv.py', '--eval_data_path=%s' % test_path, '--Optimizer=mom',
+            '--mode=attack', '--attack_method=%s' % attack,
+            *(self.model_flags(rce, rep) + flags)),
+        lambda outputs: dict(outputs, data=self.data_id('test', test_path)),
+        lambda: result_files.run_id(result_files.load_verified_summary(directory))), rep)
+
+  def adaptive_stages(self, rep, test_path):
+    """Table 6's stages of one replica (none when the preset runs no Table 6): both models'
+    calibrations, then every adaptive attack, untargeted and targeted."""
+    if not self.preset['adaptive']:
+      return []
+    names = [self.calibrate(rce, rep, test_path) for rce in RCE_FLAGS]
+    for targeted in (False, True):
+      for attack in attack_names.adaptive_attacks():
+        aware = attack_names.info(attack).adaptive != 'oblivious'
+        for detector in (attack_names.ADAPTIVE_DETECTORS if aware else [None]):
+          for rce in RCE_FLAGS:
+            names.append(self.adaptive(attack, rce, rep, test_path, detector, targeted))
+    return names
+
   def characteristics(self, rce, rep, upstream):
     """LID and Mahalanobis characteristics of every attack folder of one model."""
     model = models.model_name(rce)
@@ -356,7 +420,8 @@ class Pipeline(object):
         of_model[rce].append(attacks[-1])
     chars = [self.characteristics(rce, rep, of_model[rce] + [kernels[rce]])
              for rce in RCE_FLAGS]
-    self.detect(rep, attacks + [kernels[rce] for rce in RCE_FLAGS] + chars)
+    adaptive = self.adaptive_stages(rep, test_path)
+    self.detect(rep, attacks + [kernels[rce] for rce in RCE_FLAGS] + chars + adaptive)
     if rep.seed == 0:  # the t-SNE figures illustrate; one replica draws them
       for attack in self.preset['tsne']:
         self.tsne(attack, rep)

@@ -7,13 +7,17 @@ import os
 
 from rce.pipeline import paper
 from rce.pipeline import scheduler
+from rce.reports import adaptive_report
 from rce.reports import report_tables
+from rce.reports import table6_report
 from rce.results import io_utils
 from rce.results import result_files
 from rce.tables import dataset_table
 from rce.tables import models
 
 TABLES_4_5 = 'Tables 4 and 5: LID and Mahalanobis next to K-density (supervised protocol)'
+TABLE6 = ('Table 6: adaptive attacks on K-density, Mahalanobis and LID at thresholds fixed '
+          'on clean images')
 TABLE3_NOTE = (
     'Counted: the examples classified correctly when clean whose adversarial image is '
     'classified as its target (on the logits). Ratio of f2(x*) > 0: the fraction of them the '
@@ -59,13 +63,41 @@ def replica_tables(pipeline, rep):
         '%(binary_search_steps)d x %(max_iterations)d iterations, c %(initial_const)g, '
         'confidence %(confidence)g' % s for s in stats['cw_settings'])))
   table3.notes.append(TABLE3_NOTE + ' C&W runs used: %s.' % ' | '.join(settings))
+  _add_table3_sr(table3, detect_dir)
   tables = [table1, table2, table3]
   for name in ('Table 4', 'Table 5'):  # with characteristics (LID, Mahalanobis)
     path = os.path.join(detect_dir, '%s.csv' % name.replace(' ', '').lower())
     if os.path.exists(path):
       with open(path) as f:
         tables.append(report_tables.from_csv(name, f.read()))
-  return tables
+  return tables + table6_rates(detect_dir)
+
+
+def _add_table3_sr(table3, detect_dir):
+  """Table 3 gains C&W-wb's SR@5 and SR@50 at the calibrated K-density thresholds, when
+  detect rescored it (a preset with Table 6)."""
+  path = os.path.join(detect_dir, adaptive_report.TABLE3_SR_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    sr = dict(report_tables.from_csv('Table 3 SR', f.read()).rows)
+  table3.columns += list(table6_report.TABLE3_SR_COLUMNS)
+  table3.rows = [(model, cells + list(sr[model])) for model, cells in table3.rows]
+  table3.notes.append(table6_report.TABLE3_SR_NOTE)
+
+
+def table6_rates(detect_dir):
+  """Table 6's SR@5 and SR@50 (untargeted, then targeted) as numeric tables, from detect's
+  detail CSVs; none without Table 6."""
+  out = []
+  for targeted in (False, True):
+    path = os.path.join(detect_dir, 'table6%s_detail.csv' % ('_targeted' if targeted else ''))
+    if os.path.exists(path):
+      with open(path) as f:
+        text = f.read()
+      out += [table6_report.table6_rates(text, fpr, targeted)
+              for fpr in table6_report.SHOWN_FPRS]
+  return out
 
 
 def _header(pipeline, platform, total_wall, seeds):
@@ -121,6 +153,9 @@ def replica_report(pipeline, records, platform, rep, tables, total_wall, report_
   if os.path.exists(os.path.join(detect_dir, 'table4_5.md')):
     with open(os.path.join(detect_dir, 'table4_5.md')) as f:
       supervised = ['## %s' % TABLES_4_5, '', f.read()]
+  if os.path.exists(os.path.join(detect_dir, 'table6.md')):
+    with open(os.path.join(detect_dir, 'table6.md')) as f:
+      supervised += ['## %s' % TABLE6, '', f.read()]
   images = sorted(n for n in os.listdir(detect_dir) if n.endswith('.png'))
   figures = ['![%s](%s)' % (n, os.path.relpath(os.path.join(detect_dir, n), report_dir))
              for n in images]
@@ -162,6 +197,12 @@ def write_reports(pipeline, records, total_wall, platform):
             'Table 4': '## %s\n\n### Table 4: supervised, AUROC and detected at 5 %% FPR '
                        "(Lee et al.'s TNR at TPR 95 %%)" % TABLES_4_5,
             'Table 5': '### Table 5: unseen attacks (trained on FGSM), AUROC'}
+  for kind in ('untargeted', 'targeted'):
+    for fpr in table6_report.SHOWN_FPRS:
+      key = 'SR@%s' % table6_report.fpr_label(fpr)
+      titles['Table 6 %s (%s)' % (key, kind)] = '### Table 6, %s: %s' % (kind, key)
+  titles['Table 6 SR@5 (untargeted)'] = '## %s\n\n%s' % (
+      TABLE6, titles['Table 6 SR@5 (untargeted)'])
   if len({tuple(t.name for t in per) for per in tables}) > 1:
     raise scheduler.StageError('the replicas reported different tables: %s' % [
         [t.name for t in per] for per in tables])

@@ -7,9 +7,11 @@ and supervised_report into Table 2, the ROC PNGs, the thresholding test and Tabl
 """
 import os
 
+from rce.detection import adaptive_evaluation
 from rce.detection import attack_evaluation
 from rce.detection import detection
 from rce.detection import supervised_evaluation
+from rce.reports import adaptive_report
 from rce.reports import report_render
 from rce.reports import supervised_report
 from rce.reports import table2_report
@@ -17,6 +19,7 @@ from rce.results import consistency
 from rce.results import io_utils
 from rce.results import provenance
 from rce.results import result_files
+from rce.tables import dataset_table
 from rce.tables import models
 
 
@@ -80,6 +83,10 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median',
   rounds = attack_evaluation.add_characteristics(
       attack_evaluation.evaluate_attacks(found, detectors, eps_round, auc_ties), detectors,
       kernel_summaries, eps_round, auc_ties, commands)
+  # Table 6 and C&W-wb's SR: every adaptive run scored at the calibrated thresholds.
+  adaptive = adaptive_evaluation.evaluate(
+      results_dir, dataset, kernel_summaries, dataset_table.get_spec(dataset).num_classes,
+      found.get(adaptive_evaluation.WB_ATTACK))
   evaluations = [(attack, {m: r.evaluation for m, r in per_model.items()})
                  for attack, per_model in rounds]
   characterized = {attack: {m: r.characteristics.run_id for m, r in per_model.items()
@@ -110,11 +117,17 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median',
     split = supervised.split_record()
   else:
     text += supervised_report.no_characteristics_text(commands)
+  if adaptive is not None:
+    adaptive_files, adaptive_text = adaptive_report.files(adaptive, dataset)
+    for name, content in adaptive_files:
+      folder.write(name, io_utils.atomic_write_text, content)
+    text += '\n' + adaptive_text
   inputs = {'kernels': {m: result_files.run_id(k) for m, k in kernel_summaries.items()},
             'attacks': {attack: {m: {'dir': os.path.abspath(e.directory), 'run_id': e.run_id}
                                  for m, e in per_model.items()}
                         for attack, per_model in evaluations},
-            'characteristics': characterized}
+            'characteristics': characterized,
+            'adaptive': adaptive.inputs if adaptive is not None else None}
   folder.finish({'dataset': dataset, 'eps_round': eps_round, 'inputs': inputs,
                  'supervised_split': split,
                  'provenance': provenance.record(None, [], {'eps_round': eps_round,
