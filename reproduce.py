@@ -1,6 +1,6 @@
 """One command reproduces the paper: train CE and RCE, attack, detect, report in RESULTS.md.
 
-  python reproduce.py            # digits preset: bundled data, 2-core CPU, ~8 minutes
+  python reproduce.py            # digits preset: bundled data, 2-core CPU, ~26 minutes
   python reproduce.py --tiny     # a few steps and images: the CI smoke run
   python reproduce.py --small --data_dir=mnist_dataset   # real MNIST on a CPU
   python reproduce.py --full --dataset=mnist --data_dir=mnist_dataset   # the paper's settings

@@ -4,9 +4,11 @@ Tests import them as `from tests import helpers` (tests is a package, so pytest 
 repository root on sys.path and the code imports as it does in the scripts).
 """
 import concurrent.futures
+import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -64,13 +66,44 @@ def popen_script(args, cwd=REPO_ROOT, **kwargs):
                           env=script_env(), **kwargs)
 
 
-def run_parallel(jobs, timeout=600, workers=2, cwds=None):
+def run_parallel(jobs, timeout=600, workers=2, cwds=None, fork=True):
   """Runs several scripts (lists of args) at most `workers` at a time, each in its cwd (the
-  repo root unless `cwds` gives one per job); returns the CompletedProcesses in job order."""
+  repo root unless `cwds` gives one per job); returns the CompletedProcesses in job order.
+
+  By default each run is a fork of one process that imported TensorFlow once
+  (`run_forked`), which saves a TensorFlow start-up per run; fork=False (and `python -c`
+  jobs) run real subprocesses, as a test of processes, signals or start-up needs."""
   cwds = cwds or [REPO_ROOT] * len(jobs)
+  if fork and not any(str(job[0]).startswith('-') for job in jobs):  # a script, not -c
+    return run_forked(jobs, cwds, timeout, workers)
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
     return list(pool.map(lambda job: run_script(job[0], timeout=timeout, cwd=job[1]),
                          zip(jobs, cwds)))
+
+
+def run_forked(jobs, cwds, timeout=300, workers=2):
+  """Like run_parallel, but every run is a fork of one process that imported TensorFlow
+  once (tests/fork_runner.py): for many short runs of the scripts, e.g. their error
+  messages. The CompletedProcesses in job order, each checked for a traceback."""
+  spec = [{'args': [str(a) for a in job], 'cwd': str(cwd), 'timeout': timeout}
+          for job, cwd in zip(jobs, cwds)]
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, 'results.json')
+    runner = subprocess.run([sys.executable, '-m', 'tests.fork_runner', out, str(workers)],
+                            input=json.dumps(spec), cwd=REPO_ROOT, env=script_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            timeout=timeout * len(jobs))
+    assert runner.returncode == 0, describe(runner)
+    with open(out) as f:
+      results = json.load(f)
+  procs = []
+  for job, result in zip(jobs, results):
+    proc = subprocess.CompletedProcess([sys.executable] + [str(a) for a in job],
+                                       result['returncode'], result['stdout'],
+                                       result['stderr'])
+    check_output_clean(proc, job)
+    procs.append(proc)
+  return procs
 
 
 def describe(proc):

@@ -203,3 +203,20 @@ def test_bad_command_line_is_one_clear_error(error_runs, case):
     assert needle in errors[0], (needle, describe(proc))
   assert 'Traceback' not in proc.stderr + proc.stdout, describe(proc)
   assert os.listdir(cwd) == [], (os.listdir(cwd), describe(proc))
+
+
+def test_a_forked_run_is_the_run_of_the_script(error_runs, digits_train, tmp_path):
+  """The cases above run as forks of one process (tests/fork_runner.py): the same case as a
+  real subprocess gives the same exit code and the same error line."""
+  case = 'test_adv_misspelled'
+  forked, _ = error_runs[case]
+  cwd = tmp_path / 'real'
+  cwd.mkdir()
+  args = CASES[case][0]
+  args = [os.path.join(REPO_ROOT, args[0])] + [a.format(data=digits_train, cwd=cwd)
+                                               for a in args[1:]]
+  real = run_parallel([args], cwds=[str(cwd)], fork=False)[0]
+  assert real.returncode == forked.returncode != 0, (describe(real), describe(forked))
+  error = lambda p: [line for line in p.stderr.splitlines() if line.startswith('error:')]
+  assert error(real) == error(forked) and len(error(real)) == 1, (describe(real),
+                                                                  describe(forked))

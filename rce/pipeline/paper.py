@@ -285,12 +285,18 @@ class Pipeline(object):
     upstream = [stage_name('train', model, seed=rep.seed)]
     if attack_names.info(attack).white_box:
       upstream.append(stage_name('kernel_para', model, seed=rep.seed))
+    return self._attack_stage(stage_name('attack', model, attack, rep.seed), upstream, attack,
+                              rce, rep, test_path, self.attack_flags(attack, rep) + flags,
+                              directory)
+
+  def _attack_stage(self, name, upstream, attack, rce, rep, test_path, flags, directory):
+    """A test_adv.py --mode=attack stage writing `directory`."""
     return self.add(scheduler.Stage(
-        stage_name('attack', model, attack, rep.seed), tuple(upstream),
+        name, tuple(upstream),
         lambda: self.script(
             'test_adv.py', '--eval_data_path=%s' % test_path, '--Optimizer=mom',
             '--mode=attack', '--attack_method=%s' % attack,
-            *(self.model_flags(rce, rep) + self.attack_flags(attack, rep) + flags)),
+            *(self.model_flags(rce, rep) + flags)),
         lambda outputs: dict(outputs, data=self.data_id('test', test_path)),
         lambda: result_files.run_id(result_files.load_verified_summary(directory))), rep)
 
@@ -341,14 +347,8 @@ class Pipeline(object):
              '--attack_batch_size=%d' % p['images'], '--pgd_steps=%d' % p['steps'],
              '--pgd_restarts=%d' % p['restarts'], '--lagrange_steps=%d' % p['lagrange_steps'],
              '--targeted=%s' % targeted] + (['--detector=%s' % detector] if aware else [])
-    return self.add(scheduler.Stage(
-        stage_name('adaptive', model, run, rep.seed), tuple(upstream),
-        lambda: self.script(
-            'test_adv.py', '--eval_data_path=%s' % test_path, '--Optimizer=mom',
-            '--mode=attack', '--attack_method=%s' % attack,
-            *(self.model_flags(rce, rep) + flags)),
-        lambda outputs: dict(outputs, data=self.data_id('test', test_path)),
-        lambda: result_files.run_id(result_files.load_verified_summary(directory))), rep)
+    return self._attack_stage(stage_name('adaptive', model, run, rep.seed), upstream, attack,
+                              rce, rep, test_path, flags, directory)
 
   def adaptive_stages(self, rep, test_path):
     """Table 6's stages of one replica (none when the preset runs no Table 6): both models'
