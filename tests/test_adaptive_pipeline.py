@@ -3,8 +3,8 @@
 A module fixture makes both kernels, fixes the detectors' thresholds on the test images after
 the attacked ones (test_adv.py --mode=calibrate, through the command line for CE), runs FGSM
 (detect needs a Table 2 row), a capped C&W-wb, the oblivious PGD and every detector-aware
-attack against every detector (in-process, through attack_modes.run_attack, so that 40 runs
-cost no 40 TensorFlow start-ups; one runs through the command line), and detect. The tests
+attack against every detector (through the command line, each run forked from one
+TensorFlow import: tests.helpers.run_parallel), and detect. The tests
 check the calibration's false-positive rates, that every adaptive attack does what it claims
 (a lower score of the attacked detector than the oblivious PGD), Table 6 cell by cell, Table
 3's rescored C&W-wb, the targeted threat model, and the refusals of stale or overlapping
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import (MODELS, attack_args, describe, markdown_table, model_flags,  # pylint: disable=g-bad-import-order
-                           run_parallel, run_script)
+                           run_parallel)
 from rce.attacking import adaptive_runner  # pylint: disable=g-bad-import-order
 from rce.attacking import attack_modes
 from rce.attacking import attack_runner
@@ -93,23 +93,22 @@ def adaptive_run(tmp_path_factory, shared_models, digits_train, digits_test):
   for proc in procs:
     assert proc.returncode == 0, describe(proc)
   _calibrate(shared_models['RCE'], 'RCE', digits_test, results, N_ATTACK)
-  cli = run_script(attack_args(
-      digits_test, shared_models['RCE'], True, 'pgd_orthogonal', N_ATTACK,
-      extra=['--results_dir=%s' % results, '--detector=lid', '--pgd_steps=%d' % STEPS,
-             '--pgd_restarts=1']))
-  assert cli.returncode == 0, describe(cli)
+  jobs, names = [], []
   for model in MODELS:
-    for method in attack_names.adaptive_attacks():
-      for detector in (DETECTORS if method in AWARE else ('k_density',)):
-        if (model, method, detector) == ('RCE', 'pgd_orthogonal', 'lid'):
-          continue  # the command line's run
-        attack_modes.run_attack(_settings(method, shared_models[model], model, digits_test,
-                                          results, detector))
-    for method in ('pgd_cw', 'pgd_selective'):  # a targeted threat model, K-density only
-      attack_modes.run_attack(_settings(method, shared_models[model], model, digits_test,
-                                        results, targeted=True))
+    runs = [(m, d, False) for m in attack_names.adaptive_attacks()
+            for d in (DETECTORS if m in AWARE else ('k_density',))]
+    runs += [(m, 'k_density', True) for m in ('pgd_cw', 'pgd_selective')]  # targeted, K-density
+    for method, detector, targeted in runs:
+      names.append((model, method, detector, targeted))
+      jobs.append(attack_args(
+          digits_test, shared_models[model], model == 'RCE', method, N_ATTACK,
+          extra=['--results_dir=%s' % results, '--detector=%s' % detector,
+                 '--targeted=%s' % targeted, '--pgd_steps=%d' % STEPS, '--pgd_restarts=1',
+                 '--lagrange_steps=2']))
+  for name, proc in zip(names, run_parallel(jobs)):
+    assert proc.returncode == 0, (name, describe(proc))
   text, _ = detect_report.detect(results, 'mnist', eps_round=1)
-  return {'results': results, 'text': text, 'cli': cli,
+  return {'results': results, 'text': text,
           'detect_dir': os.path.join(results, 'detect_mnist')}
 
 
