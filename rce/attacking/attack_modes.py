@@ -89,7 +89,7 @@ def run_attack(settings):
     made = restored_model.restored(model, s.source.log_root)
     consistency.check_kernel_of(kernel_summary, kernel_dir, rce, made)
     if aware:
-      calibration.load(s.results_dir, dataset, rce, kernel, kernel_summary, made)
+      calibrated.check_model(made)
   out_dir = attack_dir(s)
   targets = attack_runner.random_targets(labels, s.params.seed, model.hps.num_classes)
   shard = None

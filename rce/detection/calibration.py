@@ -89,12 +89,19 @@ class Calibration(collections.namedtuple('Calibration', [
     'start',  # the first calibration row of the test data: attacks may use rows below it
     'run_id',  # of the calibration result, for the provenance of what uses it
     'directory',
+    'summary',  # its summary as read (the model that made it)
 ])):
   """A model's detectors and their thresholds, as --mode=calibrate fixed them."""
   __slots__ = ()
 
   def threshold(self, detector, fpr):
     return self.thresholds[detector][fpr]
+
+  def check_model(self, model):
+    """ResultsError unless the calibration was made by the restored `model` (a
+    consistency.Restored)."""
+    consistency.check_attack_of(self.summary, self.directory, model,
+                                'test_adv.py --mode=calibrate')
 
   def check_attacked(self, num_images):
     """ResultsError when the first `num_images` test images reach the calibration images."""
@@ -114,7 +121,8 @@ def from_summary(kernel, summary, directory, run_id):
   thresholds = {name: {f: float(summary['thresholds'][name][threshold_key(f)]) for f in FPRS}
                 for name in summary['detectors']}
   return Calibration(build_detectors(kernel, settings, summary['detectors']), thresholds,
-                     settings, int(summary['calibration']['start']), run_id, directory)
+                     settings, int(summary['calibration']['start']), run_id, directory,
+                     summary)
 
 
 def load(results_dir, dataset, rce, kernel, kernel_summary, model=None):
@@ -122,6 +130,7 @@ def load(results_dir, dataset, rce, kernel, kernel_summary, model=None):
   (`kernel_summary`) and, when given, of the restored `model` (a consistency.Restored)."""
   directory = result_files.thresholds_dir(dataset, rce, results_dir)
   summary = result_files.load_thresholds_summary(directory, rce, dataset, kernel_summary)
+  calibrated = from_summary(kernel, summary, directory, result_files.run_id(summary))
   if model is not None:
-    consistency.check_attack_of(summary, directory, model, 'test_adv.py --mode=calibrate')
-  return from_summary(kernel, summary, directory, result_files.run_id(summary))
+    calibrated.check_model(model)
+  return calibrated

@@ -1,9 +1,11 @@
-"""test_adv.py --mode=kernel_para and --mode=characteristics: what the detectors learn from a
-restored model.
+"""test_adv.py --mode=kernel_para, --mode=calibrate and --mode=characteristics: what the
+detectors learn from a restored model.
 
 kernel_para: the features of training images -> the K-density's kernel points and per-class
 medians, and Lee et al.'s class means and shared covariance of every layer, in
-kernel_para_{dataset}/. characteristics: the LID and Mahalanobis characteristics of every
+kernel_para_{dataset}/. calibrate: the final-feature detectors' thresholds at 1 / 5 / 50 %
+false positives on clean test images after the attacked ones, in thresholds_{dataset}/{M}/
+(rce.detection.calibration). characteristics: the LID and Mahalanobis characteristics of every
 attack folder of one model (characteristics_runner), in {attack folder}/characteristics/.
 
 The modes take their settings as values (test_adv.py builds them from its flags), so tests
