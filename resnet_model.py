@@ -294,6 +294,16 @@ def make_model_fn(hps):
   return model_fn
 
 
+def make_layers_fn(hps):
+  """Returns layers_fn(x) -> (prediction logits, feature, {LAYER_NAMES: output}) in eval mode,
+  shared variables (make_model_fn's, with the layer outputs the supervised detectors read)."""
+  def layers_fn(x):
+    net = build_network(hps, x, 'eval')
+    return net.logits, net.feature, net.layers
+
+  return layers_fn
+
+
 def make_logits_fn(hps):
   """Returns logits_fn(x) -> prediction logits [B, K] (see make_model_fn)."""
   model_fn = make_model_fn(hps)

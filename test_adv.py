@@ -127,7 +127,8 @@ def run_calibrate():
       source=_source(), data_path=FLAGS.eval_data_path,
       attacked=FLAGS.eval_batch_count * FLAGS.attack_batch_size,
       num_images=FLAGS.calibration_images, detectors=_detector_settings(),
-      results_dir=FLAGS.results_dir, flags=definitions.flag_values('calibration')))
+      eps_round=FLAGS.eps_round, results_dir=FLAGS.results_dir,
+      flags=definitions.flag_values('calibration')))
 
 
 def run_characteristics():

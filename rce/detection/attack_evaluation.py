@@ -11,6 +11,7 @@ import numpy as np
 
 from rce.detection import detect_characteristics as dchar
 from rce.detection import detection
+from rce.results import consistency
 from rce.results import result_files
 from rce.tables import attack_names
 from rce.tables import models as model_names
@@ -206,3 +207,44 @@ def _with_characteristics(attack_round, detector, eps_round, kernel_summary, auc
   return attack_round._replace(
       evaluation=evaluation._replace(auc=auc, roc=roc),
       characteristics=Characteristics(arrays, sets, result_files.run_id(chars_summary)))
+
+
+def check_consistent(found, kernel_summaries, kernel_dir):
+  """ResultsError unless the folders of one table belong together.
+
+  Every attack folder of model M must come from the checkpoint its kernel was made from (the
+  model fingerprint), every attack folder must have attacked the same test data, and the CE
+  and RCE kernels the same training data (rce.results.consistency.check_table).
+  """
+  consistency.check_table(
+      {attack: {model: (directory, result_files.load_summary(directory))
+                for model, directory in per_model.items()} for attack, per_model in found.items()},
+      kernel_summaries, kernel_dir)
+
+
+def characteristics_command(dataset, model, results_dir, eps_round):
+  """The command that makes a model's characteristics, for messages."""
+  return ('python test_adv.py --mode=characteristics --dataset=%s --RCE_train=%s '
+          '--log_root=<the %s model> --results_dir=%s --eps_round=%d'
+          % (dataset, model == model_names.model_name(True), model, results_dir, eps_round))
+
+
+# What detect (and the calibration of the supervised detectors) reads of the attack results:
+# the folders found, each model's Detector and kernel summary, the rounds with their
+# characteristics, and {model: the command that makes its characteristics}.
+LoadedRounds = collections.namedtuple('LoadedRounds', ['found', 'detectors', 'kernel_summaries',
+                                                       'rounds', 'commands'])
+
+
+def load_rounds(results_dir, dataset, found, eps_round, auc_ties='half'):
+  """The LoadedRounds of the attack folders `found` (result_files.find_attacks), checked to
+  belong together, with their characteristics where there are some."""
+  kernel_dir = result_files.kernel_dir(dataset, results_dir)
+  detectors, kernel_summaries = load_detectors(
+      kernel_dir, sorted({m for dirs in found.values() for m in dirs}), dataset)
+  check_consistent(found, kernel_summaries, kernel_dir)
+  commands = {m: characteristics_command(dataset, m, results_dir, eps_round)
+              for m in model_names.MODELS}
+  rounds = add_characteristics(evaluate_attacks(found, detectors, eps_round, auc_ties),
+                               detectors, kernel_summaries, eps_round, auc_ties, commands)
+  return LoadedRounds(found, detectors, kernel_summaries, rounds, commands)

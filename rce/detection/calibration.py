@@ -1,25 +1,36 @@
 """The detectors' thresholds, fixed on clean images before any adaptive attack sees them.
 
-Each final-feature detector (final_feature_detectors: K-density, Mahalanobis, LID; scores
-higher = more suspicious) is thresholded at the false-positive rates of
-adaptive_metrics.FPRS (1 %, 5 %, 50 %) on clean calibration images that no attack touches:
-the test images right after the attacked ones. Tie rule (characteristics.fpr_threshold): an
-image is accepted when its score <= the threshold, so at most that share of the calibration
-images is flagged. Every adaptive attack and Table 6 reads the thresholds, and the detectors
-they belong to, from the one file --mode=calibrate writes. TensorFlow-free.
+The detectors: the final-feature ones (final_feature_detectors: K-density, Mahalanobis,
+LID), made from the kernel, and, once the characteristics of the attack they are trained on
+exist, the supervised ones (supervised_detectors: Table 4's regressions trained on
+dchar.SEEN_ATTACK), fitted here exactly as --mode=detect fits them (supervised_evaluation.fit)
+and kept with the calibration. Scores are oriented higher = more suspicious. Each is
+thresholded at the false-positive rates of adaptive_metrics.FPRS (1 %, 5 %, 50 %) on clean
+calibration images no attack touches and no detector was trained on: the test images right
+after the attacked ones (the supervised detectors' training images are among those). Table
+6's attacks attack the test images after the calibration images. Tie rule
+(characteristics.fpr_threshold): an image is accepted when its score <= the threshold, so at
+most that share of the calibration images is flagged. Every adaptive attack and Table 6 read
+the thresholds, and the detectors they belong to, from the one folder --mode=calibrate
+writes. TensorFlow-free.
 """
 import collections
+
+import os
 
 import numpy as np
 
 from rce.detection import adaptive_metrics
 from rce.detection import final_feature_detectors
+from rce.detection import supervised_detectors
+from rce.detection import supervised_evaluation
 from rce.results import consistency
 from rce.results import result_files
 from rce.tables import errors
 
 FPRS = adaptive_metrics.FPRS
 DETECTOR_NAMES = final_feature_detectors.DETECTOR_NAMES
+SUPERVISED_NAMES = supervised_detectors.DETECTOR_NAMES
 # Fewest calibration images: below this even the 5 % threshold is the maximum of a handful.
 MIN_IMAGES = 20
 
@@ -41,16 +52,18 @@ def threshold_key(fpr):
   return '%g' % fpr
 
 
-def calibrate(detectors, features, predicted):
-  """Scores and thresholds of each detector on the clean calibration features.
+def calibrate(detectors, features, predicted, supervised_scores=None):
+  """Scores and thresholds of each detector on the clean calibration images.
 
   Args:
-    detectors: {name: detector}.
+    detectors: {name: final-feature detector}.
     features: [M, D] final features of the calibration images; predicted: [M] their
       predicted classes (the class K-density scores against).
+    supervised_scores: {name: [M] scores} of the supervised detectors on the same images
+      (computed from the model: supervised_scoring), or None.
 
   Returns:
-    ({name: [M] scores}, {name: {fpr: threshold}}).
+    ({name: [M] scores}, {name: {fpr: threshold}}), the final-feature detectors first.
 
   Raises:
     ValueError: fewer than MIN_IMAGES images, or a score that is not finite.
@@ -59,24 +72,89 @@ def calibrate(detectors, features, predicted):
     raise ValueError('calibration needs at least %d clean images, got %d (the test images '
                      'after the attacked ones; attack fewer images or give more test data)'
                      % (MIN_IMAGES, len(features)))
-  scores, thresholds = {}, {}
-  for name, detector in detectors.items():
-    values = detector.score(features, predicted)
-    if not np.all(np.isfinite(values)):
-      raise ValueError('%s scores %d of the %d calibration images as non-finite'
-                       % (name, int(np.sum(~np.isfinite(values))), len(values)))
-    scores[name] = values
+  scores = {name: detector.score(features, predicted) for name, detector in detectors.items()}
+  scores.update(supervised_scores or {})
+  thresholds = {}
+  for name, values in scores.items():
+    values = np.asarray(values, np.float64)
+    if values.shape != (len(features),) or not np.all(np.isfinite(values)):
+      raise ValueError('%s scores %d of the %d calibration images as non-finite (or gives %s '
+                       'scores)' % (name, int(np.sum(~np.isfinite(values))), len(features),
+                                    values.shape))
     thresholds[name] = adaptive_metrics.thresholds_at(values, FPRS)
   return scores, thresholds
 
 
-def summary_block(thresholds, settings, start, count, clean_accuracy):
+def fit_supervised(loaded, model):
+  """The supervised detectors of `model`, fitted as --mode=detect fits Table 4's cells of
+  dchar.SEEN_ATTACK, and the record of what they were fitted on.
+
+  Args:
+    loaded: attack_evaluation.LoadedRounds of the results (both models' attacks).
+    model: 'CE' or 'RCE'.
+
+  Returns:
+    ({name: SupervisedDetector}, record) or ({}, {'reason': why none}) when the attack has
+    no characteristics of this model or a detector cannot be fitted.
+  """
+  attack = supervised_detectors.TRAINED_ON
+  found = dict(loaded.rounds).get(attack, {}).get(model)
+  if found is None or found.characteristics is None:
+    return {}, {'reason': 'no characteristics of %s on the %s model (test_adv.py '
+                          '--mode=characteristics)' % (attack, model)}
+  directory = found.evaluation.directory
+  chars_summary = result_files.load_verified_summary(result_files.characteristics_dir(directory))
+  flags = chars_summary['provenance']['flags']
+  arrays = found.characteristics.arrays
+  layers = [str(n) for n in arrays['layers']]
+  split = supervised_evaluation.example_split(loaded.rounds)
+  reference_rows = int(flags['lid_batch'])
+  normal = np.load(os.path.join(directory, 'nor_img.npy'), allow_pickle=False)
+  detectors, settings = {}, {}
+  for kind in supervised_detectors.NAMES:
+    fitted = supervised_evaluation.fit(loaded.rounds, attack, model, kind)
+    if fitted['model'] is None:
+      return {}, {'reason': 'the %s detector of %s on %s is not fitted: %s'
+                            % (kind, attack, model, fitted['reason'])}
+    options = {}
+    if kind == 'mahalanobis':
+      options['eps'] = float(arrays['mahalanobis_eps'][fitted['eps_index']])
+    if kind == 'lid':
+      options.update(lid_k=int(flags['lid_k']), reference_images=normal[:reference_rows])
+    detector = supervised_detectors.from_fit(kind, fitted, ['feature'] if kind == 'k_density'
+                                             else layers, **options)
+    detectors[detector.name] = detector
+    settings[detector.name] = {'eps': detector.eps, 'lid_k': detector.lid_k,
+                               'layers': detector.layers}
+  record = {'trained_on': attack, 'attack_run_id': found.evaluation.run_id,
+            'characteristics_run_id': found.characteristics.run_id,
+            'eps_round_index': int(chars_summary['eps_round_index']),
+            'split': {'train': len(split.train), 'test': len(split.test), 'seed': split.seed,
+                      'stratified': bool(split.stratified)},
+            'fitted_on_images': int(split.num_images),
+            'lid_reference_rows': [0, reference_rows], 'detectors': settings}
+  return detectors, record
+
+
+def check_not_trained_on(record, start):
+  """ValueError when calibration images from row `start` on include images the supervised
+  detectors were fitted on (rows 0 .. fitted_on_images - 1)."""
+  if record and record.get('fitted_on_images', 0) > start:
+    raise ValueError('the supervised detectors were fitted on the first %d test images, but '
+                     'the calibration images start at %d: calibrate after all of them '
+                     '(--eval_batch_count x --attack_batch_size of the attacks)'
+                     % (record['fitted_on_images'], start))
+
+
+def summary_block(thresholds, settings, start, count, clean_accuracy, supervised=None):
   """The JSON record of a calibration: thresholds per detector and fpr, how the detectors
-  were made, which test images (rows start .. start + count - 1) and their clean accuracy."""
+  were made (the supervised ones: `supervised`, fit_supervised's record), which test images
+  (rows start .. start + count - 1) and their clean accuracy."""
   return {'fprs': list(FPRS), 'detectors': list(thresholds),
           'thresholds': {name: {threshold_key(f): float(t) for f, t in per.items()}
                          for name, per in thresholds.items()},
           'detector_settings': settings._asdict(),
+          'supervised': supervised,
           'calibration': {'start': int(start), 'count': int(count),
                           'clean_accuracy': float(clean_accuracy),
                           'tie_rule': 'accepted when score <= threshold'}}
@@ -84,7 +162,8 @@ def summary_block(thresholds, settings, start, count, clean_accuracy):
 
 class Calibration(collections.namedtuple('Calibration', [
     'detectors',  # {name: detector}, made from the kernel as the calibration made them
-    'thresholds',  # {name: {fpr: threshold}}
+    'supervised',  # {name: SupervisedDetector}, as the calibration fitted them ({}: none)
+    'thresholds',  # {name: {fpr: threshold}} of both kinds
     'settings',  # DetectorSettings
     'start',  # the first calibration row of the test data: attacks may use rows below it
     'run_id',  # of the calibration result, for the provenance of what uses it
@@ -93,6 +172,16 @@ class Calibration(collections.namedtuple('Calibration', [
 ])):
   """A model's detectors and their thresholds, as --mode=calibrate fixed them."""
   __slots__ = ()
+
+  @property
+  def end(self):
+    """The row after the last calibration image: Table 6's attacks attack from it on."""
+    return self.start + int(self.summary['calibration']['count'])
+
+  @property
+  def names(self):
+    """Every detector name, the final-feature ones first."""
+    return list(self.detectors) + list(self.supervised)
 
   def threshold(self, detector, fpr):
     return self.thresholds[detector][fpr]
@@ -112,15 +201,37 @@ class Calibration(collections.namedtuple('Calibration', [
           '--eval_batch_count and --attack_batch_size' % (self.directory, self.start,
                                                           num_images))
 
+  def check_attack_rows(self, first_image, directory):
+    """ResultsError unless a Table 6 run (`directory`) attacked the images from self.end on."""
+    if first_image != self.end:
+      raise errors.ResultsError(
+          '%s attacked the test images from row %s on, but the calibration (%s) ends at row '
+          '%d, where Table 6\'s attacks start; rerun the attack' % (directory, first_image,
+                                                                   self.directory, self.end))
 
-def from_summary(kernel, summary, directory, run_id):
-  """The Calibration of a calibration summary (its detectors rebuilt from `kernel`)."""
+
+def from_summary(kernel, summary, directory, run_id, arrays=None):
+  """The Calibration of a calibration summary (its final-feature detectors rebuilt from
+  `kernel`, its supervised ones read from `arrays`, its calibration.npz)."""
   block = summary['detector_settings']
   settings = DetectorSettings(int(block['lid_k']), int(block['lid_reference']),
                               int(block['seed']))
   thresholds = {name: {f: float(summary['thresholds'][name][threshold_key(f)]) for f in FPRS}
                 for name in summary['detectors']}
-  return Calibration(build_detectors(kernel, settings, summary['detectors']), thresholds,
+  supervised = {}
+  names = [n for n in summary['detectors'] if n in SUPERVISED_NAMES]
+  if names:
+    if arrays is None:
+      raise errors.ResultsError('%s: the calibration holds supervised detectors but its '
+                                'arrays were not read' % directory)
+    supervised = supervised_detectors.from_arrays(arrays)
+    missing = sorted(set(names) - set(supervised))
+    if missing:
+      raise errors.ResultsError('%s: %s holds no numbers of %s; rerun --mode=calibrate'
+                                % (directory, result_files.THRESHOLDS_ARRAYS,
+                                   ', '.join(missing)))
+  final = [n for n in summary['detectors'] if n not in SUPERVISED_NAMES]
+  return Calibration(build_detectors(kernel, settings, final), supervised, thresholds,
                      settings, int(summary['calibration']['start']), run_id, directory,
                      summary)
 
@@ -130,7 +241,8 @@ def load(results_dir, dataset, rce, kernel, kernel_summary, model=None):
   (`kernel_summary`) and, when given, of the restored `model` (a consistency.Restored)."""
   directory = result_files.thresholds_dir(dataset, rce, results_dir)
   summary = result_files.load_thresholds_summary(directory, rce, dataset, kernel_summary)
-  calibrated = from_summary(kernel, summary, directory, result_files.run_id(summary))
+  arrays = result_files.load_thresholds_arrays(directory)
+  calibrated = from_summary(kernel, summary, directory, result_files.run_id(summary), arrays)
   if model is not None:
     calibrated.check_model(model)
   return calibrated

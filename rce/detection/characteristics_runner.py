@@ -37,7 +37,7 @@ SETS = ('normal', 'adv', 'noisy')
 stats_key = characteristics.stats_key
 
 
-def _pooled(layer):
+def pool_layer(layer):
   """Global average pool of a [B, H, W, C] layer output; a [B, D] one as it is."""
   return tf.reduce_mean(layer, [1, 2]) if layer.shape.ndims == 4 else layer
 
@@ -58,7 +58,7 @@ class LayerModel(object):
     self.model = model
     with model.graph.as_default():
       self.names = list(model.layers)
-      self.pooled = [_pooled(model.layers[n]) for n in self.names]
+      self.pooled = [pool_layer(model.layers[n]) for n in self.names]
       self.flat = [tf.reshape(model.layers[n], [tf.shape(model.layers[n])[0], -1])
                    for n in self.names]
       self.eps = tf1.placeholder(tf.float32, [], name='mahalanobis_eps')
@@ -118,16 +118,22 @@ def stats_from_kernel(kernel, names, kernel_dir, rce):
   return {n: (kernel[stats_key('means', n)], kernel[stats_key('precision', n)]) for n in names}
 
 
+def mahalanobis_at(layer_model, stats, images, eps, batch_size=100):
+  """[N, L] Mahalanobis scores of `images` per layer after Lee et al.'s step of `eps` (0:
+  none), each layer's score at its own pre-processed images."""
+  out = np.zeros((len(images), len(layer_model.names)))
+  plain = None if eps else layer_model.outputs(images, pooled=True, batch_size=batch_size)
+  moved = layer_model.preprocessed_all(images, eps, batch_size) if eps else None
+  for li, name in enumerate(layer_model.names):
+    pooled = plain[li] if not eps else layer_model.pooled_layer(li, moved[li], batch_size)
+    out[:, li] = characteristics.mahalanobis_scores(pooled, *stats[name])[0]
+  return out
+
+
 def mahalanobis_all(layer_model, stats, images, batch_size=100):
   """[N, L, E] Mahalanobis scores of `images` per layer and pre-processing eps."""
-  out = np.zeros((len(images), len(layer_model.names), len(MAHALANOBIS_EPS)))
-  plain = layer_model.outputs(images, pooled=True, batch_size=batch_size)
-  for ei, eps in enumerate(MAHALANOBIS_EPS):
-    moved = layer_model.preprocessed_all(images, eps, batch_size) if eps else None
-    for li, name in enumerate(layer_model.names):
-      pooled = plain[li] if not eps else layer_model.pooled_layer(li, moved[li], batch_size)
-      out[:, li, ei] = characteristics.mahalanobis_scores(pooled, *stats[name])[0]
-  return out
+  return np.stack([mahalanobis_at(layer_model, stats, images, eps, batch_size)
+                   for eps in MAHALANOBIS_EPS], axis=2)
 
 
 def attack_characteristics(layer_model, stats, directory, eps_round, k, lid_batch, seed,

@@ -46,7 +46,12 @@ def score_graph(detector, feature, classes):
     raise ValueError('no score graph for detector %r; graphs exist for: %s'
                      % (detector.name, ', '.join(repr(n) for n in sorted(_BUILDERS))))
   with tf.name_scope('%s_score' % detector.name):
-    return _BUILDERS[detector.name](detector.params(), feature, classes)
+    return build(detector.name, detector.params(), feature, classes)
+
+
+def build(name, params, feature, classes):
+  """The [B] score graph of the detector kind `name` from its `params()` (see score_graph)."""
+  return _BUILDERS[name](params, feature, classes)
 
 
 def _constant(array, width, what):
@@ -111,23 +116,31 @@ def _mahalanobis(params, feature, classes):
 def _lid(params, feature, classes):
   """MLE LID from the k nearest reference rows, chosen by value each call; `classes` unused.
 
-  The rules of characteristics.lid_mle, in float32, except that a squared distance of at most
-  1e-12 (a distance of at most 1e-6, not only an exact 0) counts as a coincident neighbour:
-  its ratio d_i / d_k is the 1e-12 floor, and a d_k that small gives LID 0. This keeps the
-  sqrt's gradient finite; such neighbours contribute no gradient. All k neighbours at one
-  positive distance give the same 1e12 cap, without numpy's warning.
+  The squared distances come from the difference; `lid_from_squared_distances` applies the
+  rules of characteristics.lid_mle.
   """
   del classes
   reference = _constant(params['reference'], feature.shape[-1], 'the LID reference rows')
-  k = int(params['k'])
   d2 = tf.reduce_sum(tf.square(feature[:, None, :] - reference[None]), axis=-1)  # [B, R]
+  return lid_from_squared_distances(d2, int(params['k']))
+
+
+def lid_from_squared_distances(d2, k):
+  """[B] MLE LID from [B, R] squared distances to the reference rows, k nearest by value.
+
+  The rules of characteristics.lid_mle, in the dtype of d2, except that a squared distance of
+  at most 1e-12 (a distance of at most 1e-6, not only an exact 0) counts as a coincident
+  neighbour: its ratio d_i / d_k is the 1e-12 floor, and a d_k that small gives LID 0. This
+  keeps the sqrt's gradient finite; such neighbours contribute no gradient. All k neighbours
+  at one positive distance give the same 1e12 cap, without numpy's warning.
+  """
   _, near_idx = tf.math.top_k(-d2, k)  # the k nearest (sqrt keeps the order), ascending
   near_d2 = tf.gather(d2, near_idx, batch_dims=1)
   coincident = near_d2 <= _LID_D2_FLOOR
   near = tf.sqrt(tf.maximum(near_d2, _LID_D2_FLOOR))
   d_k = near[:, -1:]
-  ratio = tf.where(coincident, tf.constant(_LID_RATIO_FLOOR, tf.float32),
-                   tf.maximum(near / d_k, _LID_RATIO_FLOOR))
+  floor = tf.constant(_LID_RATIO_FLOOR, d2.dtype)
+  ratio = tf.where(coincident, tf.fill(tf.shape(near), floor), tf.maximum(near / d_k, floor))
   mean_log = -tf.reduce_mean(tf.math.log(ratio), axis=1)  # >= 0
   lid = 1.0 / tf.maximum(mean_log, 1.0 / _LID_CAP)
   return tf.where(coincident[:, -1], tf.zeros_like(lid), lid)

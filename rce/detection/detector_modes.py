@@ -12,12 +12,15 @@ The modes take their settings as values (test_adv.py builds them from its flags)
 call them directly.
 """
 import collections
+import os
 
 from absl import logging
 
+from rce.detection import attack_evaluation
 from rce.detection import calibration
 from rce.detection import characteristics_runner
 from rce.detection import detection
+from rce.detection import supervised_scoring
 from rce.model import restored_model
 from rce.results import consistency
 from rce.results import io_utils
@@ -41,9 +44,12 @@ CharacteristicsSettings = collections.namedtuple('CharacteristicsSettings', [
 
 
 # --mode=calibrate: the `num_images` test images of `data_path` after its first `attacked`
-# (the attacks' images); the detectors made with `detectors` (calibration.DetectorSettings).
+# (the attacks' images); the final-feature detectors made with `detectors`
+# (calibration.DetectorSettings); the supervised ones fitted on the characteristics of
+# `eps_round` (1-based, as detect reads them).
 CalibrationSettings = collections.namedtuple('CalibrationSettings', [
-    'source', 'data_path', 'attacked', 'num_images', 'detectors', 'results_dir', 'flags'])
+    'source', 'data_path', 'attacked', 'num_images', 'detectors', 'eps_round', 'results_dir',
+    'flags'])
 
 
 def run_kernel_para(settings):
@@ -114,10 +120,24 @@ def run_characteristics(settings):
   return found
 
 
+def _supervised(settings, model_name):
+  """calibration.fit_supervised of the results under --results_dir ({} and the reason when
+  there are no attack results or characteristics to fit them on)."""
+  found = {}
+  if os.path.isdir(settings.results_dir):
+    found = result_files.find_attacks(settings.results_dir, settings.source.dataset)
+  if not found:
+    return {}, {'reason': 'no attack results under --results_dir=%s' % settings.results_dir}
+  loaded = attack_evaluation.load_rounds(settings.results_dir, settings.source.dataset, found,
+                                         settings.eps_round)
+  return calibration.fit_supervised(loaded, model_name)
+
+
 def run_calibrate(settings):
   """The detectors' thresholds at 1 / 5 / 50 % false positives on clean test images after
   the attacked ones -> thresholds_{dataset}/{RCE|CE}/; returns the folder."""
   s, dataset, rce = settings, settings.source.dataset, settings.source.hps.RCE_train
+  model_name = result_files.model_name(rce)
   files = dataset_input.validate_files(dataset, s.data_path)
   images, labels = dataset_input.load_arrays(dataset, s.data_path,
                                              s.attacked + s.num_images, files)
@@ -129,26 +149,39 @@ def run_calibrate(settings):
   kernel_dir = result_files.kernel_dir(dataset, s.results_dir)
   kernel, kernel_summary = result_files.load_kernel_params(kernel_dir, rce, dataset)
   detectors = calibration.build_detectors(kernel, s.detectors)
+  supervised, record = _supervised(s, model_name)
+  calibration.check_not_trained_on(record, s.attacked)
+  if not supervised:
+    logging.warning('no supervised detectors calibrated: %s', record['reason'])
   out_dir = result_files.thresholds_dir(dataset, rce, s.results_dir)
   io_utils.check_writable_dir(out_dir, '--results_dir')
   model = restored_model.restore(s.source)
   consistency.check_kernel_of(kernel_summary, kernel_dir, rce,
                               restored_model.restored(model, s.source.log_root))
+  scorer = None
+  if supervised:
+    stats = characteristics_runner.stats_from_kernel(kernel, list(model.layers), kernel_dir,
+                                                     rce)
+    scorer = supervised_scoring.SupervisedScorer(model, stats, detectors['k_density'])
   logits, features = model.outputs(images)
-  model.close()
   predicted = logits.argmax(axis=1)
-  scores, thresholds = calibration.calibrate(detectors, features, predicted)
+  supervised_scores = {name: scorer.scores(d, images, predicted)
+                       for name, d in supervised.items()}
+  model.close()
+  scores, thresholds = calibration.calibrate(detectors, features, predicted, supervised_scores)
   summary = calibration.summary_block(thresholds, s.detectors, s.attacked, len(images),
-                                      float((predicted == labels).mean()))
-  summary.update(dataset=dataset, model=result_files.model_name(rce),
+                                      float((predicted == labels).mean()), record)
+  summary.update(dataset=dataset, model=model_name,
                  kernel_run_id=result_files.run_id(kernel_summary),
                  provenance=restored_model.result_provenance(
                      model, provenance.data_record(files), s.flags))
   arrays = dict({'scores_' + name: v for name, v in scores.items()}, labels=labels,
                 predicted=predicted, features=features)
+  for detector in supervised.values():
+    arrays.update(detector.arrays())
   result_files.save_thresholds(out_dir, arrays, summary)
   print('wrote the thresholds of %s (%s) at false-positive rates %s on %d clean test images '
-        '(%d..%d) to %s' % (', '.join(detectors), result_files.model_name(rce),
+        '(%d..%d) to %s' % (', '.join(thresholds), model_name,
                             ' / '.join('%g %%' % (100 * f) for f in calibration.FPRS),
                             len(images), s.attacked, s.attacked + len(images) - 1, out_dir))
   return out_dir

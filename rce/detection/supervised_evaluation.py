@@ -71,6 +71,26 @@ def shared_labels(rounds):
   return longest
 
 
+def example_split(rounds, seed=0):
+  """The ExampleSplit of the attacked images every supervised detector is fitted on."""
+  labels = shared_labels(rounds)
+  train, test, stratified = dchar.example_split(labels, seed)
+  return ExampleSplit(train, test, stratified, seed, len(labels))
+
+
+def fit(rounds, attack, model, detector, seed=0):
+  """detect_characteristics.supervised's result for one attack, model and detector, on the
+  split of `rounds` (the one `evaluate` fits Table 4's cell with), or None when that attack
+  has no characteristics on that model."""
+  split = example_split(rounds, seed)
+  for name, per_model in rounds:
+    r = per_model.get(model)
+    if name == attack and r is not None and r.characteristics is not None:
+      return dchar.supervised(detector, r.characteristics.sets[detector], r.keep, split.train,
+                              split.test, seed)
+  return None
+
+
 def evaluate(rounds, seed=0):
   """The supervised detectors of every attack and model with characteristics.
 
@@ -84,9 +104,8 @@ def evaluate(rounds, seed=0):
   Raises:
     result_files.ResultsError: the attacks did not attack the same images.
   """
-  labels = shared_labels(rounds)
-  train_ex, test_ex, stratified = dchar.example_split(labels, seed)
-  split = ExampleSplit(train_ex, test_ex, stratified, seed, len(labels))
+  split = example_split(rounds, seed)
+  train_ex, test_ex = split.train, split.test
   chars = {(attack, model): r for attack, per_model in rounds
            for model, r in per_model.items() if r.characteristics is not None}
   fitted, detectors = {}, {}

@@ -227,7 +227,8 @@ _ATTACK_FLAGS = (
     _count('kernel_subset', 100, 'Kernel points per class of the white-box attack '
            '(kernel_para).', ('kernel_para',)),
     _count('eps_round', 8, 'eps round of the swept attacks that detect reports (1-based: 8 '
-           'is eps 0.16).', ('characteristics',)),
+           'is eps 0.16); --mode=calibrate fits the supervised detectors on its '
+           'characteristics.', ('characteristics', 'calibration')),
     _count('lid_k', 20, 'Nearest neighbours of the LID estimate (--mode=characteristics, '
            'and the LID detector of --mode=calibrate).', ('characteristics', 'calibration')),
     _count('lid_batch', 100, 'Minibatch of normal examples LID is estimated within '
@@ -239,8 +240,10 @@ _ATTACK_FLAGS = (
            'the adaptive attacks finds its --lid_k neighbours among (--mode=calibrate).',
            ('calibration',)),
     _flag('enum', 'detector', 'k_density', 'The detector a detector-aware adaptive attack '
-          '(pgd_lagrangian, pgd_selective, pgd_orthogonal) attacks.', ('adaptive',),
-          enum_values=list(attack_names.ADAPTIVE_DETECTORS)),
+          '(pgd_lagrangian, pgd_selective, pgd_orthogonal) attacks: a final-feature one, a '
+          'supervised one (Table 4\'s regression trained on FGSM, as --mode=calibrate fitted '
+          'it) or the ensemble of all six (the sum of their scores above their thresholds).',
+          ('adaptive',), enum_values=list(attack_names.ATTACKED_DETECTORS)),
     _flag('bool', 'targeted', False, 'Adaptive attacks: aim at the C&W target (a seeded '
           'random other class) instead of any wrong class.', ('adaptive',)),
     _count('pgd_steps', 100, 'Steps per restart of the adaptive PGD attacks.', ('adaptive',)),

@@ -27,6 +27,7 @@ class RestoredModel(object):
     logits: flipped logits [None, 10] of `images`; feature: [None, 64].
     layers: the network's layer outputs of `images` (resnet_model.LAYER_NAMES).
     model_fn: x -> (flipped logits, feature), sharing the restored variables.
+    layers_fn: x -> (flipped logits, feature, layers), the same with the layer outputs.
   """
 
   def __init__(self, hps, dataset, log_root, config=None):
@@ -36,6 +37,7 @@ class RestoredModel(object):
     self.graph = tf.Graph()
     with self.graph.as_default():
       self.model_fn = resnet_model.make_model_fn(hps)
+      self.layers_fn = resnet_model.make_layers_fn(hps)
       self.images = tf1.placeholder(tf.float32, [None] + list(dataset_input.image_shape(
           self.spec)), name='images')
       net = resnet_model.build_network(hps, self.images, 'eval')

@@ -15,32 +15,10 @@ from rce.reports import adaptive_report
 from rce.reports import report_render
 from rce.reports import supervised_report
 from rce.reports import table2_report
-from rce.results import consistency
 from rce.results import io_utils
 from rce.results import provenance
 from rce.results import result_files
 from rce.tables import dataset_table
-from rce.tables import models
-
-
-def check_consistent(found, kernel_summaries, kernel_dir):
-  """ResultsError unless the folders of one table belong together.
-
-  Every attack folder of model M must come from the checkpoint its kernel was made from (the
-  model fingerprint), every attack folder must have attacked the same test data, and the CE
-  and RCE kernels the same training data (rce.results.consistency.check_table).
-  """
-  consistency.check_table(
-      {attack: {model: (directory, result_files.load_summary(directory))
-                for model, directory in per_model.items()} for attack, per_model in found.items()},
-      kernel_summaries, kernel_dir)
-
-
-def characteristics_command(dataset, model, results_dir, eps_round):
-  """The command that makes a model's characteristics, for messages."""
-  return ('python test_adv.py --mode=characteristics --dataset=%s --RCE_train=%s '
-          '--log_root=<the %s model> --results_dir=%s --eps_round=%d'
-          % (dataset, model == models.model_name(True), model, results_dir, eps_round))
 
 
 def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median',
@@ -74,15 +52,8 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median',
   if threshold != 'median':
     raise ValueError('unknown threshold rule %r' % threshold)
   out_dir = out_dir or os.path.join(results_dir, 'detect_%s' % dataset)
-  kernel_dir = result_files.kernel_dir(dataset, results_dir)
-  detectors, kernel_summaries = attack_evaluation.load_detectors(
-      kernel_dir, sorted({m for dirs in found.values() for m in dirs}), dataset)
-  check_consistent(found, kernel_summaries, kernel_dir)
-  commands = {m: characteristics_command(dataset, m, results_dir, eps_round)
-              for m in models.MODELS}
-  rounds = attack_evaluation.add_characteristics(
-      attack_evaluation.evaluate_attacks(found, detectors, eps_round, auc_ties), detectors,
-      kernel_summaries, eps_round, auc_ties, commands)
+  loaded = attack_evaluation.load_rounds(results_dir, dataset, found, eps_round, auc_ties)
+  rounds, kernel_summaries, commands = loaded.rounds, loaded.kernel_summaries, loaded.commands
   # Table 6 and C&W-wb's SR: every adaptive run scored at the calibrated thresholds.
   adaptive = adaptive_evaluation.evaluate(
       results_dir, dataset, kernel_summaries, dataset_table.get_spec(dataset).num_classes,

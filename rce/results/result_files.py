@@ -360,6 +360,12 @@ def save_thresholds(directory, arrays, summary):
     return folder.finish(summary)
 
 
+def load_thresholds_arrays(directory):
+  """{key: array} of a calibration's npz (its summary already verified)."""
+  with np.load(os.path.join(directory, THRESHOLDS_ARRAYS), allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
+
+
 def load_thresholds_summary(directory, rce, dataset, kernel_summary):
   """The verified summary of a model's calibration, checked to be of `dataset`, the model
   and the kernel `kernel_summary`; a ResultsError saying how to make it otherwise."""

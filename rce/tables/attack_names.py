@@ -66,7 +66,11 @@ _TABLE = (
 # the other three attack the detector named by --detector (after kernel_para and calibrate).
 ADAPTIVE_COLUMNS = ('oblivious', 'lagrangian', 'selective', 'orthogonal')
 # The detectors they attack (--detector; rce.detection.final_feature_detectors), row order.
-ADAPTIVE_DETECTORS = ('k_density', 'mahalanobis', 'lid')
+ADAPTIVE_DETECTORS = ('k_density', 'mahalanobis', 'lid')  # on the final feature
+# Table 4's regressions (K-density, LID, Mahalanobis), as Table 6 names them.
+SUPERVISED_DETECTORS = ('supervised_k_density', 'supervised_lid', 'supervised_mahalanobis')
+ENSEMBLE = 'ensemble'  # all of them: an example passes only if every one accepts it
+ATTACKED_DETECTORS = ADAPTIVE_DETECTORS + SUPERVISED_DETECTORS + (ENSEMBLE,)
 _TABLE += (
     AttackInfo('pgd_ce', 'PGD (cross-entropy)', True, False, False, (), adaptive='oblivious',
                pgd_loss='ce'),
