@@ -67,7 +67,7 @@ def _settings(method, log_root, model, digits_test, results, detector='k_density
 def _calibrate(log_root, model, digits_test, results, attacked):
   return detector_modes.run_calibrate(detector_modes.CalibrationSettings(
       source=_source(log_root, model), data_path=digits_test, attacked=attacked,
-      num_images=1000, detectors=calibration.DetectorSettings(20, 100, 0),
+      num_images=1000, detectors=calibration.DetectorSettings(20, 100, 0), eps_round=1,
       results_dir=results, flags={'attacked': attacked}))
 
 

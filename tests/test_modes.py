@@ -48,8 +48,8 @@ def test_each_result_records_the_flags_it_recorded_before():
       'seed', 'eps_round', 'lid_k', 'lid_batch')
   # Table 6: the thresholds, and what the adaptive attacks record besides the attack's flags.
   assert definitions.result_flags('calibration') == MODEL_FLAGS + (
-      'seed', 'eval_batch_count', 'attack_batch_size', 'lid_k', 'calibration_images',
-      'lid_reference')
+      'seed', 'eval_batch_count', 'attack_batch_size', 'eps_round', 'lid_k',
+      'calibration_images', 'lid_reference')
   assert definitions.result_flags('adaptive') == (
       'detector', 'targeted', 'pgd_steps', 'pgd_restarts', 'lagrange_steps', 'attack_fpr')
   with pytest.raises(ValueError, match='unknown result'):

@@ -104,7 +104,9 @@ def test_table6_stages_from_the_digits_preset_on_none_in_tiny(tmp_path):
                     if attack_names.info(a).adaptive != 'oblivious' else (None,))]
   assert len(runs) == 2 * (3 + 3 * 3)
   for model in ('CE', 'RCE'):
-    assert stages['calibrate_%s' % model].deps == ('kernel_para_%s' % model,)
+    assert stages['calibrate_%s' % model].deps == ('kernel_para_%s' % model,
+                                                   'characteristics_CE', 'characteristics_RCE')
+    assert '--eps_round=1' in stages['calibrate_%s' % model].command()
     for run in runs:
       stage = stages['adaptive_%s_%s' % (run, model)]
       aware = not run.startswith(('pgd_ce', 'pgd_cw', 'pgd_hc'))

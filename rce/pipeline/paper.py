@@ -316,19 +316,22 @@ class Pipeline(object):
             directory, result_files.kernel_summary_name(rce)))), rep)
 
   def calibrate(self, rce, rep, test_path):
-    """The detectors' thresholds of one model, on the test images after every attacked one."""
+    """The detectors' thresholds of one model, on the test images after every attacked one;
+    the supervised detectors are fitted on the characteristics of both models' attacks (as
+    detect fits them), so it follows both models' characteristics."""
     model = models.model_name(rce)
     p = self.preset
     directory = result_files.thresholds_dir(self.args.dataset, rce, rep.results)
     return self.add(scheduler.Stage(
         stage_name('calibrate', model, seed=rep.seed),
-        (stage_name('kernel_para', model, seed=rep.seed),),
+        (stage_name('kernel_para', model, seed=rep.seed),)
+        + tuple(stage_name('characteristics', m, seed=rep.seed) for m in models.MODELS),
         lambda: self.script(
             'test_adv.py', '--eval_data_path=%s' % test_path, '--mode=calibrate',
             '--results_dir=%s' % rep.results, '--eval_batch_count=%d' % p['attack_batches'],
             '--attack_batch_size=%d' % p['attack_batch_size'],
             '--calibration_images=%d' % p['adaptive']['calibration'],
-            *self.model_flags(rce, rep)),
+            '--eps_round=%d' % p['eps_round'], *self.model_flags(rce, rep)),
         lambda outputs: dict(outputs, data=self.data_id('test', test_path)),
         lambda: result_files.run_id(result_files.load_verified_summary(directory))), rep)
 
