@@ -3,24 +3,23 @@
 The detectors: the final-feature ones (final_feature_detectors: K-density, Mahalanobis,
 LID), made from the kernel, and, once the characteristics of the attack they are trained on
 exist, the supervised ones (supervised_detectors: Table 4's regressions trained on
-dchar.SEEN_ATTACK), fitted here exactly as --mode=detect fits them (supervised_evaluation.fit)
-and kept with the calibration. Scores are oriented higher = more suspicious. Each is
+dchar.SEEN_ATTACK), fitted here exactly as --mode=detect fits them (the same split and
+dchar.supervised) and kept with the calibration. Scores are oriented higher = more suspicious. Each is
 thresholded at the false-positive rates of adaptive_metrics.FPRS (1 %, 5 %, 50 %) on clean
 calibration images no attack touches and no detector was trained on: the test images right
-after the attacked ones (the supervised detectors' training images are among those). Table
-6's attacks attack the test images after the calibration images. Tie rule
+after the attacked ones (the supervised detectors' training images are among those). Tie rule
 (characteristics.fpr_threshold): an image is accepted when its score <= the threshold, so at
 most that share of the calibration images is flagged. Every adaptive attack and Table 6 read
 the thresholds, and the detectors they belong to, from the one folder --mode=calibrate
 writes. TensorFlow-free.
 """
 import collections
-
 import os
 
 import numpy as np
 
 from rce.detection import adaptive_metrics
+from rce.detection import detect_characteristics as dchar
 from rce.detection import final_feature_detectors
 from rce.detection import supervised_detectors
 from rce.detection import supervised_evaluation
@@ -111,8 +110,9 @@ def fit_supervised(loaded, model):
   reference_rows = int(flags['lid_batch'])
   normal = np.load(os.path.join(directory, 'nor_img.npy'), allow_pickle=False)
   detectors, settings = {}, {}
-  for kind in supervised_detectors.NAMES:
-    fitted = supervised_evaluation.fit(loaded.rounds, attack, model, kind)
+  for kind in supervised_detectors.NAMES:  # as supervised_evaluation.evaluate fits Table 4
+    fitted = dchar.supervised(kind, found.characteristics.sets[kind], found.keep, split.train,
+                              split.test)
     if fitted['model'] is None:
       return {}, {'reason': 'the %s detector of %s on %s is not fitted: %s'
                             % (kind, attack, model, fitted['reason'])}
@@ -173,16 +173,6 @@ class Calibration(collections.namedtuple('Calibration', [
   """A model's detectors and their thresholds, as --mode=calibrate fixed them."""
   __slots__ = ()
 
-  @property
-  def end(self):
-    """The row after the last calibration image: Table 6's attacks attack from it on."""
-    return self.start + int(self.summary['calibration']['count'])
-
-  @property
-  def names(self):
-    """Every detector name, the final-feature ones first."""
-    return list(self.detectors) + list(self.supervised)
-
   def threshold(self, detector, fpr):
     return self.thresholds[detector][fpr]
 
@@ -200,14 +190,6 @@ class Calibration(collections.namedtuple('Calibration', [
           'first %d: rerun test_adv.py --mode=calibrate with the attack\'s '
           '--eval_batch_count and --attack_batch_size' % (self.directory, self.start,
                                                           num_images))
-
-  def check_attack_rows(self, first_image, directory):
-    """ResultsError unless a Table 6 run (`directory`) attacked the images from self.end on."""
-    if first_image != self.end:
-      raise errors.ResultsError(
-          '%s attacked the test images from row %s on, but the calibration (%s) ends at row '
-          '%d, where Table 6\'s attacks start; rerun the attack' % (directory, first_image,
-                                                                   self.directory, self.end))
 
 
 def from_summary(kernel, summary, directory, run_id, arrays=None):

@@ -119,10 +119,3 @@ def from_arrays(arrays, kinds=None):
         else None)
   return out
 
-
-def same_fit(a, b):
-  """Whether two detectors hold the same numbers (a refit of the same data gives them)."""
-  return (a.kind == b.kind and a.layers == b.layers and a.eps == b.eps and a.lid_k == b.lid_k
-          and all(np.array_equal(x, y) for x, y in ((a.scale, b.scale), (a.offset, b.offset),
-                                                    (a.coef, b.coef)))
-          and a.intercept == b.intercept)

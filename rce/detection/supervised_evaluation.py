@@ -78,19 +78,6 @@ def example_split(rounds, seed=0):
   return ExampleSplit(train, test, stratified, seed, len(labels))
 
 
-def fit(rounds, attack, model, detector, seed=0):
-  """detect_characteristics.supervised's result for one attack, model and detector, on the
-  split of `rounds` (the one `evaluate` fits Table 4's cell with), or None when that attack
-  has no characteristics on that model."""
-  split = example_split(rounds, seed)
-  for name, per_model in rounds:
-    r = per_model.get(model)
-    if name == attack and r is not None and r.characteristics is not None:
-      return dchar.supervised(detector, r.characteristics.sets[detector], r.keep, split.train,
-                              split.test, seed)
-  return None
-
-
 def evaluate(rounds, seed=0):
   """The supervised detectors of every attack and model with characteristics.
 

@@ -240,10 +240,8 @@ _ATTACK_FLAGS = (
            'the adaptive attacks finds its --lid_k neighbours among (--mode=calibrate).',
            ('calibration',)),
     _flag('enum', 'detector', 'k_density', 'The detector a detector-aware adaptive attack '
-          '(pgd_lagrangian, pgd_selective, pgd_orthogonal) attacks: a final-feature one, a '
-          'supervised one (Table 4\'s regression trained on FGSM, as --mode=calibrate fitted '
-          'it) or the ensemble of all six (the sum of their scores above their thresholds).',
-          ('adaptive',), enum_values=list(attack_names.ATTACKED_DETECTORS)),
+          '(pgd_lagrangian, pgd_selective, pgd_orthogonal) attacks.', ('adaptive',),
+          enum_values=list(attack_names.ADAPTIVE_DETECTORS)),
     _flag('bool', 'targeted', False, 'Adaptive attacks: aim at the C&W target (a seeded '
           'random other class) instead of any wrong class.', ('adaptive',)),
     _count('pgd_steps', 100, 'Steps per restart of the adaptive PGD attacks.', ('adaptive',)),

@@ -69,8 +69,6 @@ ADAPTIVE_COLUMNS = ('oblivious', 'lagrangian', 'selective', 'orthogonal')
 ADAPTIVE_DETECTORS = ('k_density', 'mahalanobis', 'lid')  # on the final feature
 # Table 4's regressions (K-density, LID, Mahalanobis), as Table 6 names them.
 SUPERVISED_DETECTORS = ('supervised_k_density', 'supervised_lid', 'supervised_mahalanobis')
-ENSEMBLE = 'ensemble'  # all of them: an example passes only if every one accepts it
-ATTACKED_DETECTORS = ADAPTIVE_DETECTORS + SUPERVISED_DETECTORS + (ENSEMBLE,)
 _TABLE += (
     AttackInfo('pgd_ce', 'PGD (cross-entropy)', True, False, False, (), adaptive='oblivious',
                pgd_loss='ce'),
