@@ -65,10 +65,15 @@ _TABLE = (
 # the detector (three losses, whose per-example worst case is Table 6's oblivious column);
 # the other three attack the detector named by --detector (after kernel_para and calibrate).
 ADAPTIVE_COLUMNS = ('oblivious', 'lagrangian', 'selective', 'orthogonal')
-# The detectors they attack (--detector; rce.detection.final_feature_detectors), row order.
+# The detectors on the final feature (rce.detection.final_feature_detectors), row order.
 ADAPTIVE_DETECTORS = ('k_density', 'mahalanobis', 'lid')  # on the final feature
 # Table 4's regressions (K-density, LID, Mahalanobis), as Table 6 names them.
 SUPERVISED_DETECTORS = ('supervised_k_density', 'supervised_lid', 'supervised_mahalanobis')
+# Every detector of a model at once: an image passes only when each of the six accepts it.
+ENSEMBLE = 'ensemble'
+ENSEMBLE_MEMBERS = ADAPTIVE_DETECTORS + SUPERVISED_DETECTORS
+# Every --detector value, Table 6's row order.
+TABLE6_DETECTORS = ENSEMBLE_MEMBERS + (ENSEMBLE,)
 _TABLE += (
     AttackInfo('pgd_ce', 'PGD (cross-entropy)', True, False, False, (), adaptive='oblivious',
                pgd_loss='ce'),
