@@ -12,6 +12,7 @@ inputs.
 """
 import csv
 import io
+import json
 import os
 import re
 import shutil
@@ -24,21 +25,29 @@ from tests.helpers import (MODELS, attack_args, describe, markdown_table, model_
 from rce.attacking import adaptive_runner  # pylint: disable=g-bad-import-order
 from rce.attacking import attack_modes
 from rce.attacking import attack_runner
+from rce.detection import adaptive_evaluation
 from rce.detection import adaptive_metrics
 from rce.detection import calibration
 from rce.detection import detector_modes
 from rce.model import restored_model
 from rce.reports import detect_report
+from rce.reports import table6_report
+from rce.reports import table7_report
 from rce.results import result_files
 from rce.tables import attack_names
 from rce.tables import errors
 import resnet_model
 
 N_ATTACK = 50
+CALIBRATION = 100  # test rows 50..149; Table 6's attacks take rows 150..199
+EPS_ROUND = 8  # FGSM at eps 0.16: enough kept examples to fit the supervised detectors on
 STEPS = 10
 CW_FLAGS = ['--cw_batch_size=50', '--cw_max_iterations=20', '--cw_binary_search_steps=2',
             '--cw_learning_rate=0.1', '--cw_initial_const=10']
 DETECTORS = attack_names.ADAPTIVE_DETECTORS
+SUPERVISED = attack_names.SUPERVISED_DETECTORS
+ENSEMBLE = attack_names.ENSEMBLE
+ALL_DETECTORS = attack_names.TABLE6_DETECTORS
 AWARE = attack_names.adaptive_attacks(detector_aware=True)
 EPS = (0.1, 0.2, 0.3)
 
@@ -67,7 +76,8 @@ def _settings(method, log_root, model, digits_test, results, detector='k_density
 def _calibrate(log_root, model, digits_test, results, attacked):
   return detector_modes.run_calibrate(detector_modes.CalibrationSettings(
       source=_source(log_root, model), data_path=digits_test, attacked=attacked,
-      num_images=1000, detectors=calibration.DetectorSettings(20, 100, 0), eps_round=1,
+      num_images=CALIBRATION, detectors=calibration.DetectorSettings(20, 100, 0),
+      eps_round=EPS_ROUND,
       results_dir=results, flags={'attacked': attacked}))
 
 
@@ -81,9 +91,16 @@ def adaptive_run(tmp_path_factory, shared_models, digits_train, digits_test):
            + model_flags(shared_models[m], m == 'RCE') for m in MODELS]
   for proc in run_parallel(jobs):
     assert proc.returncode == 0, describe(proc)
+  # FGSM's characteristics: what calibrate fits the supervised detectors on.
+  jobs = [['test_adv.py', '--mode=characteristics', '--results_dir=%s' % results,
+           '--eps_round=%d' % EPS_ROUND, '--lid_k=10', '--lid_batch=50']
+          + model_flags(shared_models[m], m == 'RCE') for m in MODELS]
+  for proc in run_parallel(jobs):
+    assert proc.returncode == 0, describe(proc)
   # CE through the command line, RCE in-process: the thresholds after the 50 attacked images.
   jobs = [['test_adv.py', '--mode=calibrate', '--eval_data_path=%s' % digits_test,
-           '--results_dir=%s' % results, '--eval_batch_count=1',
+           '--results_dir=%s' % results, '--eval_batch_count=1', '--eps_round=%d' % EPS_ROUND,
+           '--calibration_images=%d' % CALIBRATION,
            '--attack_batch_size=%d' % N_ATTACK] + model_flags(shared_models['CE'], False),
           attack_args(digits_test, shared_models['CE'], False, 'carliniL2_specific', N_ATTACK,
                       extra=['--results_dir=%s' % results] + CW_FLAGS),
@@ -97,6 +114,7 @@ def adaptive_run(tmp_path_factory, shared_models, digits_train, digits_test):
   for model in MODELS:
     runs = [(m, d, False) for m in attack_names.adaptive_attacks()
             for d in (DETECTORS if m in AWARE else ('k_density',))]
+    runs += [(m, d, False) for m in AWARE for d in SUPERVISED + (ENSEMBLE,)]
     runs += [(m, 'k_density', True) for m in ('pgd_cw', 'pgd_selective')]  # targeted, K-density
     for method, detector, targeted in runs:
       names.append((model, method, detector, targeted))
@@ -107,7 +125,7 @@ def adaptive_run(tmp_path_factory, shared_models, digits_train, digits_test):
                  '--lagrange_steps=2']))
   for name, proc in zip(names, run_parallel(jobs)):
     assert proc.returncode == 0, (name, describe(proc))
-  text, _ = detect_report.detect(results, 'mnist', eps_round=1)
+  text, _ = detect_report.detect(results, 'mnist', eps_round=EPS_ROUND)
   return {'results': results, 'text': text,
           'detect_dir': os.path.join(results, 'detect_mnist')}
 
@@ -123,9 +141,10 @@ def _calibration_arrays(results, model):
 def test_thresholds_flag_at_most_their_rate_of_the_calibration_images(adaptive_run, model):
   summary, arrays = _calibration_arrays(adaptive_run['results'], model)
   assert summary['calibration']['start'] == N_ATTACK
-  assert summary['calibration']['count'] == 359 - N_ATTACK  # every digits test image after
+  assert summary['calibration']['count'] == CALIBRATION
   assert summary['calibration']['tie_rule'] == 'accepted when score <= threshold'
-  for detector in DETECTORS:
+  assert summary['supervised']['fitted_on_images'] == N_ATTACK  # FGSM's rows, before
+  for detector in attack_names.ENSEMBLE_MEMBERS:
     scores = arrays['scores_' + detector]
     assert np.all(np.isfinite(scores))
     for fpr in calibration.FPRS:
@@ -137,25 +156,31 @@ def test_thresholds_flag_at_most_their_rate_of_the_calibration_images(adaptive_r
 
 def _mean_score_of_successful(results, run, model, detector):
   """{eps: mean numpy score of `detector` over the run's clean-correct, misclassified
-  examples} (None where none)."""
+  examples} (None where none); the ensemble's score is max_d (s_d - t_d) at 5 %."""
   rce = model == 'RCE'
   kernel, kernel_summary = result_files.load_kernel_params(
       result_files.kernel_dir('mnist', results), rce, 'mnist')
-  det = calibration.load(results, 'mnist', rce, kernel, kernel_summary).detectors[detector]
+  calib = calibration.load(results, 'mnist', rce, kernel, kernel_summary)
   directory = result_files.adaptive_dir(run, 'mnist', rce, results_dir=results)
   summary = result_files.load_verified_summary(directory)
+  chars = adaptive_evaluation.supervised_characteristics(directory, summary, calib)
   out = {}
   for r, eps in enumerate(summary['eps']):
     data = result_files.load_attack_round(directory, r)
+    scores = adaptive_evaluation.round_scores(calib, data, chars, r)
+    if detector == ENSEMBLE:
+      adv = adaptive_evaluation.ensemble_scores({m: v[1] for m, v in scores.items()},
+                                                calib.thresholds)[0.05]
+    else:
+      adv = scores[detector][1]
     ok = (data['labels_nor'] == data['labels_true']) & (data['labels_adv']
                                                         != data['labels_true'])
-    out[eps] = (float(det.score(data['logits_adv'], data['labels_adv'])[ok].mean())
-                if ok.any() else None)
+    out[eps] = float(adv[ok].mean()) if ok.any() else None
   return out
 
 
 @pytest.mark.parametrize('model', MODELS)
-@pytest.mark.parametrize('detector', DETECTORS)
+@pytest.mark.parametrize('detector', ALL_DETECTORS)
 def test_every_adaptive_attack_lowers_its_detectors_score_below_oblivious_pgd(
     adaptive_run, model, detector):
   results = adaptive_run['results']
@@ -174,8 +199,9 @@ def test_table6_has_a_number_or_nc_with_its_reason_in_every_cell(adaptive_run):
   header, rows = markdown_table(text, '| Detector / model | eps 0.1 oblivious')
   assert header[1:] == ['eps %g %s' % (eps, c) for eps in EPS for c in (
       'oblivious', 'Lagrangian', 'Selective', 'Orthogonal', 'worst case')]
-  assert [r[0] for r in rows] == ['%s / %s' % (d, m) for d in ('K-density', 'Mahalanobis',
-                                                              'LID') for m in MODELS]
+  assert [r[0] for r in rows] == ['%s / %s' % (d, m) for d in (
+      'K-density', 'Mahalanobis', 'LID', 'supervised K-density', 'supervised LID',
+      'supervised Mahalanobis', 'ensemble (all six accept)') for m in MODELS]
   cell = re.compile(r'^(\d+\.\d|n/c) \((\d+\.\d|n/c)\)$')
   table6 = text[text.index('### Table 6: adaptive attacks on the detectors (untargeted'):]
   for row in rows:
@@ -253,17 +279,27 @@ def test_a_new_calibration_makes_the_attacks_on_the_old_one_stale(adaptive_run, 
   shutil.copytree(adaptive_run['results'], results)
   _calibrate(shared_models['CE'], 'CE', digits_test, results, N_ATTACK)
   with pytest.raises(errors.ResultsError, match='another calibration'):
-    detect_report.detect(results, 'mnist', eps_round=1)
+    detect_report.detect(results, 'mnist', eps_round=EPS_ROUND)
 
 
-def test_an_attack_reaching_the_calibration_images_is_refused(adaptive_run, shared_models,
-                                                              digits_test, tmp_path):
-  results = str(tmp_path / 'results')
-  shutil.copytree(adaptive_run['results'], results)
-  _calibrate(shared_models['CE'], 'CE', digits_test, results, 20)
-  settings = _settings('pgd_selective', shared_models['CE'], 'CE', digits_test, results)
-  with pytest.raises(errors.ResultsError, match='calibrated on test images 20'):
-    attack_modes.run_attack(settings)
+def test_table6_attacks_take_the_rows_after_the_calibration_images(adaptive_run, tmp_path):
+  results = adaptive_run['results']
+  for run in ('pgd_cw', 'pgd_selective_supervised_lid'):
+    summary = result_files.load_verified_summary(
+        result_files.adaptive_dir(run, 'mnist', False, results_dir=results))
+    assert summary['first_image'] == N_ATTACK + CALIBRATION
+  # A run whose rows reach the calibration's (its summary edited) is refused.
+  copied = str(tmp_path / 'results')
+  shutil.copytree(results, copied)
+  directory = result_files.adaptive_dir('pgd_cw', 'mnist', False, results_dir=copied)
+  path = os.path.join(directory, result_files.SUMMARY)
+  with open(path) as f:
+    summary = json.load(f)
+  summary['first_image'] = 0
+  with open(path, 'w') as f:
+    json.dump(summary, f)
+  with pytest.raises(errors.ResultsError, match='attacked test images 0..49'):
+    detect_report.detect(copied, 'mnist', eps_round=EPS_ROUND)
 
 
 def test_adaptive_attacks_refuse_shards(adaptive_run, shared_models, digits_test):
@@ -291,9 +327,90 @@ def test_detect_summary_records_the_adaptive_inputs(adaptive_run):
   summary = result_files.load_verified_summary(adaptive_run['detect_dir'])
   adaptive = summary['inputs']['adaptive']
   assert set(adaptive['calibrations']) == set(MODELS)
-  assert len(adaptive['runs']) == 2 * (3 + 3 * 3 + 2)
+  assert len(adaptive['runs']) == 2 * (3 + 3 * 3 + 3 * 4 + 2)
   for name in ('table6.md', 'table6.csv', 'table6_detail.csv', 'table6_targeted.csv',
                'table6_targeted_detail.csv', 'table3_sr.csv'):
     assert name in summary['files'], name
   with open(os.path.join(adaptive_run['detect_dir'], 'table6.csv')) as f:
     assert next(csv.reader(io.StringIO(f.read())))[0] == 'Detector / model'
+
+
+def _table7_detail(adaptive_run):
+  with open(os.path.join(adaptive_run['detect_dir'], 'table7_detail.csv')) as f:
+    return list(csv.DictReader(f))
+
+
+def _number(text):
+  return None if text in ('', 'nan') else float(text)
+
+
+def test_table7_diagonal_equals_table6_cells(adaptive_run):
+  """A run scored by the detector it attacked (and an oblivious run by any detector) is the
+  very Table 6 cell of that detector and attack."""
+  table6 = {(r['detector'], r['model'], float(r['eps']), r['attack']): r
+            for r in _detail(adaptive_run)}
+  row_title = dict(table6_report.DETECTORS)
+  key_of = {title: key for key, title in table7_report.DETECTOR_TITLES.items()}
+  checked = 0
+  for row in _table7_detail(adaptive_run):
+    tuned = row['attack'] in ('Lagrangian', 'Selective', 'Orthogonal')
+    if not (tuned and row['attacked detector'] == row['scored by']
+            or row['attack'] == 'oblivious'):
+      continue
+    cell = table6[(row_title[key_of[row['scored by']]], row['model'], float(row['eps']),
+                   row['attack'])]
+    for column in ('SR@5', 'SR@5 low', 'SR@5 high', 'fooled @5', 'eligible @5'):
+      assert _number(row[column]) == _number(cell[column]), (row['Row'], column)
+    checked += 1
+  assert checked == len(MODELS) * len(EPS) * len(ALL_DETECTORS) * (len(AWARE) + 1)
+
+
+def test_table7_ensemble_is_never_above_a_single_detector_on_the_same_images(adaptive_run):
+  rows = _table7_detail(adaptive_run)
+  groups = {}
+  for row in rows:
+    groups.setdefault((row['model'], row['eps'], row['attack'], row['attacked detector']),
+                      {})[row['scored by']] = row
+  compared = 0
+  for key, by_detector in groups.items():
+    ensemble = _number(by_detector['ensemble']['SR@5'])
+    for name, row in by_detector.items():
+      on_same = _number(row['SR@5 on ensemble images'])
+      if name == 'ensemble' or ensemble is None or on_same is None:
+        continue
+      assert ensemble <= on_same, (key, name, ensemble, on_same)
+      assert int(row['ensemble images @5']) <= int(row['eligible @5'])
+      compared += 1
+  assert compared >= len(MODELS) * len(EPS) * 6  # every run's six detectors somewhere
+
+
+def test_the_supervised_attacks_keep_their_characteristics_and_provenance(adaptive_run):
+  results = adaptive_run['results']
+  directory = result_files.adaptive_dir('pgd_orthogonal_ensemble', 'mnist', True,
+                                        results_dir=results)
+  summary = result_files.load_verified_summary(directory)
+  settings = summary['attack_stats']['settings']
+  assert settings['detector'] == ENSEMBLE
+  assert settings['ensemble_of'] == list(attack_names.ENSEMBLE_MEMBERS)
+  assert settings['threshold'] == 0.0
+  assert summary['supervised_characteristics'] == sorted(SUPERVISED)
+  chars = result_files.load_supervised_characteristics(directory, summary)
+  for name in SUPERVISED:
+    assert chars[name + '_nor'].shape[0] == summary['num_examples']
+    assert chars[name + '_adv'].shape[:2] == (len(EPS), summary['num_examples'])
+    assert np.all(np.isfinite(chars[name + '_adv']))
+  assert 'Table 7: transfer' in adaptive_run['text']
+
+
+def test_a_calibration_fitted_on_other_characteristics_is_refused(adaptive_run, tmp_path):
+  """The supervised detectors the attacks faced must be the ones Table 4 fits now."""
+  copied = str(tmp_path / 'results')
+  shutil.copytree(adaptive_run['results'], copied)
+  path = os.path.join(result_files.thresholds_dir('mnist', True, copied), result_files.SUMMARY)
+  with open(path) as f:
+    summary = json.load(f)
+  summary['supervised']['characteristics_run_id'] = 'an-older-run'
+  with open(path, 'w') as f:
+    json.dump(summary, f)
+  with pytest.raises(errors.ResultsError, match='fitted the supervised detectors on fgsm'):
+    detect_report.detect(copied, 'mnist', eps_round=EPS_ROUND)

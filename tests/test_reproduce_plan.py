@@ -98,28 +98,32 @@ def test_table6_stages_from_the_digits_preset_on_none_in_tiny(tmp_path):
   assert not any(n.startswith(('calibrate', 'adaptive')) for n in names)
   driver = _driver(tmp_path / 'digits')
   stages = {s.name: s for s in driver.plan()}
+  # untargeted: every detector of Table 6; targeted: the final-feature ones
   runs = [attack_names.adaptive_run(a, d, t) for t in (False, True)
           for a in attack_names.adaptive_attacks()
-          for d in (attack_names.ADAPTIVE_DETECTORS
+          for d in ((attack_names.ADAPTIVE_DETECTORS if t else attack_names.TABLE6_DETECTORS)
                     if attack_names.info(a).adaptive != 'oblivious' else (None,))]
-  assert len(runs) == 2 * (3 + 3 * 3)
+  assert len(runs) == (3 + 3 * 7) + (3 + 3 * 3)
+  assert not [n for n in stages if n.startswith('adaptive_') and 'supervised' in n
+              and n.endswith('_targeted_CE')]
   for model in ('CE', 'RCE'):
     assert stages['calibrate_%s' % model].deps == ('kernel_para_%s' % model,
                                                    'characteristics_CE', 'characteristics_RCE')
     assert '--eps_round=1' in stages['calibrate_%s' % model].command()
     for run in runs:
       stage = stages['adaptive_%s_%s' % (run, model)]
-      aware = not run.startswith(('pgd_ce', 'pgd_cw', 'pgd_hc'))
-      assert stage.deps == (('train_%s' % model,) + (('calibrate_%s' % model,) if aware
-                                                       else ()))
+      # every Table 6 attack takes the test rows after its model's calibration images
+      assert stage.deps == ('train_%s' % model, 'calibrate_%s' % model)
       assert 'adaptive_%s_%s' % (run, model) in stages['detect'].deps
     command = stages['adaptive_pgd_orthogonal_lid_targeted_%s' % model].command()
     for flag in ('--attack_method=pgd_orthogonal', '--detector=lid', '--targeted=True',
-                 '--pgd_steps=20', '--pgd_restarts=1', '--attack_batch_size=100'):
+                 '--pgd_steps=20', '--pgd_restarts=1', '--attack_batch_size=80'):
       assert flag in command, (flag, command)
     calibrate = stages['calibrate_%s' % model].command()
     # the thresholds come from the test images after every attacked one (200 of the preset)
     assert '--attack_batch_size=200' in calibrate and '--eval_batch_count=1' in calibrate
+    assert '--calibration_images=79' in calibrate  # 200 + 79 + 80 = the 359 digits test images
+    assert 'adaptive_pgd_lagrangian_ensemble_%s' % model in stages
 
 
 def test_full_preset_runs_table6_with_1000_steps_and_10_restarts(tmp_path):

@@ -20,6 +20,7 @@ from rce.attacking import adaptive_runner
 from rce.attacking import attack_runner
 from rce.attacking import shards
 from rce.detection import calibration
+from rce.detection import characteristics_runner
 from rce.model import checkpoints
 from rce.model import restored_model
 from rce.results import consistency
@@ -68,28 +69,37 @@ def run_attack(settings):
   s, dataset, rce = settings, settings.source.dataset, settings.source.hps.RCE_train
   spec = attacks.get_attack(s.method)
   files = dataset_input.validate_files(dataset, s.data_path)
-  images, labels = dataset_input.load_arrays(dataset, s.data_path, s.num_images, files)
-  if len(images) < s.num_images:
-    logging.warning('the test files hold %d images, fewer than %d = --eval_batch_count x '
-                    '--attack_batch_size: attacking %d', len(images), s.num_images,
-                    len(images))
-  shards.check_count(len(images), s.num_shards)
-  kernel = calibrated = None
+  kernel = calibrated = stats = None
   kernel_dir = result_files.kernel_dir(dataset, s.results_dir)
-  aware = spec.info.adaptive not in (None, 'oblivious')  # attacks a calibrated detector
+  first = 0  # Table 6's attacks: the rows after the calibration images
   if spec.info.adaptive:
     adaptive_runner.check_unsharded(spec, s.num_shards)
-  if spec.info.white_box or aware:
+  if spec.info.white_box or spec.info.adaptive:
     kernel, kernel_summary = result_files.load_kernel_params(kernel_dir, rce, dataset)
-  if aware:
+  if spec.info.adaptive:
     calibrated = calibration.load(s.results_dir, dataset, rce, kernel, kernel_summary)
-    calibrated.check_attacked(len(images))
+    first = calibrated.end
+  images, labels = dataset_input.load_arrays(dataset, s.data_path, first + s.num_images, files)
+  images, labels = images[first:], labels[first:]
+  if len(images) < s.num_images:
+    if not len(images):
+      raise ValueError('%s holds no test images after the %d calibrated on (%s): give more '
+                       'test data or calibrate on fewer (--calibration_images)'
+                       % (s.data_path, first, calibrated.directory))
+    logging.warning('the test files hold %d images%s, fewer than %d = --eval_batch_count x '
+                    '--attack_batch_size: attacking %d', len(images),
+                    ' after the %d calibration rows' % first if first else '', s.num_images,
+                    len(images))
+  shards.check_count(len(images), s.num_shards)
   model = restored_model.restore(s.source)
-  if spec.info.white_box or aware:
+  if spec.info.white_box or spec.info.adaptive:
     made = restored_model.restored(model, s.source.log_root)
     consistency.check_kernel_of(kernel_summary, kernel_dir, rce, made)
-    if aware:
+    if spec.info.adaptive:
       calibrated.check_model(made)
+      if calibrated.supervised:
+        stats = characteristics_runner.stats_from_kernel(kernel, list(model.layers),
+                                                         kernel_dir, rce)
   out_dir = attack_dir(s)
   targets = attack_runner.random_targets(labels, s.params.seed, model.hps.num_classes)
   shard = None
@@ -109,7 +119,7 @@ def run_attack(settings):
     model = model or restored_model.restore(s.source)  # a retry restores into a fresh graph
     try:
       return _attack_rounds(s, model, spec, params, images, labels, targets,
-                            calibrated if spec.info.adaptive else kernel, out_dir)
+                            (calibrated, stats) if spec.info.adaptive else kernel, out_dir)
     except BaseException:
       model.close()  # frees the device memory before a retry at a smaller batch
       model = None
@@ -122,7 +132,7 @@ def run_attack(settings):
     if sizes[0] is not None and given is None:
       logging.info('GPU present: C&W batch = all %d attacked images (falls back to smaller '
                    'batches if that does not fit; --cw_batch_size sets it)', sizes[0])
-  adv_rounds, extra, eps_list = attack_runner.with_batch_fallback(attempt, sizes)
+  adv_rounds, extra, eps_list, supervised = attack_runner.with_batch_fallback(attempt, sizes)
   arrays, per_round = attack_runner.collect(model, images, labels, adv_rounds, eps_list)
   summary = {'attack': s.method, 'dataset': dataset, 'model': result_files.model_name(rce),
              'checkpoint': model.ckpt, 'checkpoint_step': model.step,
@@ -135,10 +145,11 @@ def run_attack(settings):
     summary['shard'] = shard
   if spec.info.adaptive:
     summary['targets'] = [int(t) for t in targets]  # the C&W targets, for --targeted runs
-    if calibrated is not None:
-      summary['calibration_run_id'] = calibrated.run_id
-      summary['kernel_run_id'] = result_files.run_id(kernel_summary)
-  result_files.save_attack_results(out_dir, arrays, summary)
+    summary['first_image'] = first  # the test row of its first image
+    summary['calibration_run_id'] = calibrated.run_id
+    summary['kernel_run_id'] = result_files.run_id(kernel_summary)
+    summary['supervised_characteristics'] = sorted(calibrated.supervised)
+  result_files.save_attack_results(out_dir, arrays, summary, supervised)
   if extra:
     logging.info('%s: %s', s.method, extra)
   print('wrote %s results (%d images, %d rounds) to %s'
@@ -149,12 +160,14 @@ def run_attack(settings):
 
 def _attack_rounds(settings, model, spec, params, images, labels, targets, kernel, out_dir):
   """Builds the attack in the restored graph, finalizes it, runs every round. `kernel` is
-  the kernel of C&W-wb, the calibration of a detector-aware adaptive attack, or None.
+  the kernel of C&W-wb, (calibration, Mahalanobis statistics or None) of an adaptive attack,
+  or None.
 
-  Returns (adversarial rounds [R, N, ...], attack statistics, eps list).
+  Returns (adversarial rounds [R, N, ...], attack statistics, eps list, {name: array} of the
+  supervised characteristics of an adaptive attack's images, {} otherwise).
   """
   if spec.info.adaptive:
-    attack = adaptive_runner.AdaptiveAttack(model, spec, params, kernel)
+    attack = adaptive_runner.AdaptiveAttack(model, spec, params, *kernel)
     eps_list = _eps_list(settings, spec)
   elif spec.info.swept:
     attack = attack_runner.EpsAttack(model, spec, params)
@@ -169,11 +182,12 @@ def _attack_rounds(settings, model, spec, params, images, labels, targets, kerne
   progress = attack_runner.Progress(settings.method, len(images) * len(eps_list))
   if spec.info.adaptive:
     adv_rounds, per_round = attack.run(images, labels, targets, eps_list, progress)
-    return adv_rounds, {'settings': attack.settings(), 'rounds': per_round}, eps_list
+    return (adv_rounds, {'settings': attack.settings(), 'rounds': per_round}, eps_list,
+            attack.supervised_characteristics(images, adv_rounds))
   if spec.info.swept:
-    return attack.run(images, eps_list, progress), {}, eps_list
+    return attack.run(images, eps_list, progress), {}, eps_list, {}
   adv_rounds, extra = attack.run(images, labels, targets, progress)
-  return adv_rounds, extra, eps_list
+  return adv_rounds, extra, eps_list, {}
 
 
 def run_merge_shards(settings):

@@ -208,7 +208,8 @@ def evaluate(clean_correct, clean_score, adv_success, adv_score, thresholds, l_i
   """SR@fpr, robust accuracy and distortions of one attack at one eps (AdaptiveEvaluation).
 
   Args:
-    clean_correct, clean_score, adv_success, adv_score: as success_at, [N] each.
+    clean_correct, clean_score, adv_success, adv_score: as success_at, [N] each; the two
+      scores may also be {fpr: [N]}, a score per threshold (the ensemble's).
     thresholds: {fpr: finite threshold} with every fpr of FPRS (more are evaluated too).
     l_inf, l2: [N] float distortion of each adversarial image, no NaN.
     attack, eps: what the record is of, for the reports.
@@ -224,14 +225,16 @@ def evaluate(clean_correct, clean_score, adv_success, adv_score, thresholds, l_i
   clean_correct = _bool_array('clean_correct', clean_correct)
   adv_success = _bool_array('adv_success', adv_success)
   l_inf, l2 = _float_array('l_inf', l_inf), _float_array('l2', l2)
-  _same_length({'clean_correct': clean_correct, 'clean_score': np.asarray(clean_score),
-                'adv_success': adv_success, 'adv_score': np.asarray(adv_score),
-                'l_inf': l_inf, 'l2': l2})
+  def at(score, fpr):
+    return score[fpr] if isinstance(score, dict) else score
+
+  _same_length({'clean_correct': clean_correct, 'adv_success': adv_success, 'l_inf': l_inf,
+                'l2': l2})
   fooled, eligible = {}, {}
   for fpr in sorted(thresholds):
-    fooled[fpr], eligible[fpr] = success_at(clean_correct, clean_score, adv_success,
-                                            adv_score, _threshold(' at fpr %g' % fpr,
-                                                                  thresholds[fpr]))
+    fooled[fpr], eligible[fpr] = success_at(clean_correct, at(clean_score, fpr), adv_success,
+                                            at(adv_score, fpr), _threshold(
+                                                ' at fpr %g' % fpr, thresholds[fpr]))
   return _record(attack, eps, clean_correct, clean_correct & adv_success, eligible, fooled,
                  {fpr: l_inf for fpr in fooled}, {fpr: l2 for fpr in fooled})
 

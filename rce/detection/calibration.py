@@ -176,6 +176,27 @@ class Calibration(collections.namedtuple('Calibration', [
   def threshold(self, detector, fpr):
     return self.thresholds[detector][fpr]
 
+  @property
+  def end(self):
+    """The first test row after the calibration images: where Table 6's attacks start (the
+    rows before are the supervised detectors' training images and the calibration's)."""
+    return self.start + int(self.summary['calibration']['count'])
+
+  @property
+  def names(self):
+    """Every detector it thresholds, final-feature ones first."""
+    return list(self.thresholds)
+
+  def check_attack_rows(self, directory, first, count):
+    """ResultsError unless an adaptive run's test rows first .. first + count - 1 all come
+    after the calibration images (and so after the supervised detectors' training rows)."""
+    if first < self.end:
+      raise errors.ResultsError(
+          '%s attacked test images %d..%d, but %s calibrated on %d..%d: rerun the attack '
+          '(it starts after the calibration images)' % (directory, first, first + count - 1,
+                                                        self.directory, self.start,
+                                                        self.end - 1))
+
   def check_model(self, model):
     """ResultsError unless the calibration was made by the restored `model` (a
     consistency.Restored)."""

@@ -240,8 +240,10 @@ _ATTACK_FLAGS = (
            'the adaptive attacks finds its --lid_k neighbours among (--mode=calibrate).',
            ('calibration',)),
     _flag('enum', 'detector', 'k_density', 'The detector a detector-aware adaptive attack '
-          '(pgd_lagrangian, pgd_selective, pgd_orthogonal) attacks.', ('adaptive',),
-          enum_values=list(attack_names.ADAPTIVE_DETECTORS)),
+          '(pgd_lagrangian, pgd_selective, pgd_orthogonal) attacks: one on the final feature, '
+          'one of Table 4\'s supervised regressions (fitted by --mode=calibrate) or the '
+          'ensemble of all six (each score above its threshold, summed).', ('adaptive',),
+          enum_values=list(attack_names.TABLE6_DETECTORS)),
     _flag('bool', 'targeted', False, 'Adaptive attacks: aim at the C&W target (a seeded '
           'random other class) instead of any wrong class.', ('adaptive',)),
     _count('pgd_steps', 100, 'Steps per restart of the adaptive PGD attacks.', ('adaptive',)),

@@ -16,8 +16,8 @@ from rce.tables import dataset_table
 from rce.tables import models
 
 TABLES_4_5 = 'Tables 4 and 5: LID and Mahalanobis next to K-density (supervised protocol)'
-TABLE6 = ('Table 6: adaptive attacks on K-density, Mahalanobis and LID at thresholds fixed '
-          'on clean images')
+TABLE6 = ('Tables 6 and 7: adaptive attacks on every detector at thresholds fixed on clean '
+          'images, and how far they transfer')
 TABLE3_NOTE = (
     'Counted: the examples classified correctly when clean whose adversarial image is '
     'classified as its target (on the logits). Ratio of f2(x*) > 0: the fraction of them the '

@@ -1,11 +1,14 @@
-"""detect's adaptive part: Table 6 (untargeted, targeted), its detail CSVs and the SR@5 /
-SR@50 of C&W-wb that Table 3 gains, from adaptive_evaluation's records."""
+"""detect's adaptive part: Table 6 (untargeted, targeted), its detail CSVs, Table 7 (transfer
+between the detectors, one table per eps) with its detail CSV and the SR@5 / SR@50 of C&W-wb
+that Table 3 gains, from adaptive_evaluation's records."""
 from rce.reports import report_tables
 from rce.reports import table6_report
+from rce.reports import table7_report
 from rce.tables import models
 
 # detect's file names: {file: what} (RESULTS.md reads table3_sr.csv back).
 TABLE3_SR_FILE = 'table3_sr.csv'
+TABLE7_DETAIL_FILE = 'table7_detail.csv'
 
 
 def _suffix(targeted):
@@ -32,6 +35,11 @@ def files(adaptive, dataset):
     out += [('table6%s.csv' % _suffix(targeted), table.csv()),
             ('table6%s_detail.csv' % _suffix(targeted), detail.csv())]
     markdown.append(table.markdown())
+  transfer = adaptive.transfer[False]  # untargeted: the threat model every detector faces
+  if transfer:
+    out.append((TABLE7_DETAIL_FILE, table7_report.table7_detail(transfer, False,
+                                                                dataset).csv()))
+    markdown.append(table7_report.markdown(transfer, False, dataset))
   if adaptive.wb:
     sr = table3_sr(adaptive.wb)
     out.append((TABLE3_SR_FILE, sr.csv()))

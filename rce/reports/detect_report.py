@@ -10,6 +10,7 @@ import os
 from rce.detection import adaptive_evaluation
 from rce.detection import attack_evaluation
 from rce.detection import detection
+from rce.detection import supervised_detectors
 from rce.detection import supervised_evaluation
 from rce.reports import adaptive_report
 from rce.reports import report_render
@@ -55,9 +56,12 @@ def detect(results_dir, dataset, eps_round=8, out_dir=None, threshold='median',
   loaded = attack_evaluation.load_rounds(results_dir, dataset, found, eps_round, auc_ties)
   rounds, kernel_summaries, commands = loaded.rounds, loaded.kernel_summaries, loaded.commands
   # Table 6 and C&W-wb's SR: every adaptive run scored at the calibrated thresholds.
+  seen = dict(rounds).get(supervised_detectors.TRAINED_ON, {})
   adaptive = adaptive_evaluation.evaluate(
       results_dir, dataset, kernel_summaries, dataset_table.get_spec(dataset).num_classes,
-      found.get(adaptive_evaluation.WB_ATTACK))
+      found.get(adaptive_evaluation.WB_ATTACK),
+      {m: (r.evaluation.run_id, r.characteristics.run_id) for m, r in seen.items()
+       if r.characteristics is not None})
   evaluations = [(attack, {m: r.evaluation for m, r in per_model.items()})
                  for attack, per_model in rounds]
   characterized = {attack: {m: r.characteristics.run_id for m, r in per_model.items()

@@ -17,10 +17,15 @@ import io
 
 from rce.detection import adaptive_metrics
 from rce.reports import report_tables
+from rce.tables import attack_names
 from rce.tables import models
 
-# The detectors (keys of the input) and their row titles, in row order.
-DETECTORS = (('k_density', 'K-density'), ('mahalanobis', 'Mahalanobis'), ('lid', 'LID'))
+# The detectors (keys of the input, attack_names.TABLE6_DETECTORS) and their row titles.
+DETECTORS = (('k_density', 'K-density'), ('mahalanobis', 'Mahalanobis'), ('lid', 'LID'),
+             ('supervised_k_density', 'supervised K-density'),
+             ('supervised_lid', 'supervised LID'),
+             ('supervised_mahalanobis', 'supervised Mahalanobis'),
+             ('ensemble', 'ensemble (all six accept)'))
 # The columns of each eps group and their titles.
 COLUMNS = adaptive_metrics.ATTACKS + (adaptive_metrics.WORST_CASE,)
 COLUMN_TITLES = {'oblivious': 'oblivious', 'lagrangian': 'Lagrangian',
@@ -89,8 +94,13 @@ def _eps_of(cells):
   return sorted({eps for by_eps in cells.values() for eps in by_eps})
 
 
-def _rows():
-  return [(detector, model) for detector, _ in DETECTORS for model in models.MODELS]
+def _rows(cells=None):
+  """(detector, model) in row order: every row, or (given `cells`) the final-feature
+  detectors' and those of the other detectors with a cell (no calibration fitted them)."""
+  shown = {d for d, _ in cells} if cells is not None else {d for d, _ in DETECTORS}
+  return [(detector, model) for detector, _ in DETECTORS
+          if detector in attack_names.ADAPTIVE_DETECTORS or detector in shown
+          for model in models.MODELS]
 
 
 def _check_keys(cells):
@@ -140,7 +150,7 @@ def table6(cells, targeted, dataset=None):
   keys = [(eps, column) for eps in all_eps for column in COLUMNS]
   headers = [column_header(eps, column) for eps, column in keys]
   rows, reasons = [], []
-  for detector, model in _rows():
+  for detector, model in _rows(cells):
     label, by_eps = row_label(detector, model), cells.get((detector, model), {})
     row = []
     for (eps, column), header in zip(keys, headers):
@@ -189,7 +199,7 @@ def table6_detail(cells, targeted, dataset=None):
   all_eps = _eps_of(cells)
   columns = _detail_columns()
   rows = []
-  for detector, model in _rows():
+  for detector, model in _rows(cells):
     by_eps = cells.get((detector, model), {})
     for eps in all_eps:
       for column in COLUMNS:

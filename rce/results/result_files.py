@@ -139,7 +139,11 @@ class FolderWriter(object):
     return summary
 
 
-def save_attack_results(directory, arrays, summary):
+# Table 6's runs keep the supervised detectors' characteristics of their images here.
+SUPERVISED_FILE = 'supervised_characteristics.npz'
+
+
+def save_attack_results(directory, arrays, summary, supervised=None):
   """Writes every result file atomically in the original's row layout, summary.json last.
 
   The text files are round-major with R*N rows, R = summary['num_rounds'] and
@@ -152,6 +156,7 @@ def save_attack_results(directory, arrays, summary):
       the REPEATED_FILES arrays have N rows, the ADV_FILES arrays R*N rows (round-major).
     summary: JSON-serializable dict with 'num_examples' and 'num_rounds' (eps list,
       statistics, provenance, ...).
+    supervised: {name: array} written as SUPERVISED_FILE (npz, no pickle), or None.
 
   Returns:
     The summary as written, with the SHA-256 of every file.
@@ -176,7 +181,17 @@ def save_attack_results(directory, arrays, summary):
       folder.write(name, io_utils.atomic_savetxt, texts[name], fmt=fmt)
     folder.write('nor_img.npy', io_utils.atomic_save_npy, arrays['nor_img'])
     folder.write('adv_img.npy', io_utils.atomic_save_npy, arrays['adv_img'])
+    if supervised:
+      folder.write(SUPERVISED_FILE, io_utils.atomic_savez, **supervised)
     return folder.finish(summary)
+
+
+def load_supervised_characteristics(directory, summary):
+  """{key: array} of a run's SUPERVISED_FILE (its summary verified), None when it has none."""
+  if SUPERVISED_FILE not in summary.get('files', {}):
+    return None
+  with np.load(os.path.join(directory, SUPERVISED_FILE), allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
 
 
 def is_complete(directory):
