@@ -19,6 +19,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.helpers import (MODELS, attack_args, describe, markdown_table, model_flags,  # pylint: disable=g-bad-import-order
                            run_parallel)
@@ -28,6 +29,7 @@ from rce.attacking import attack_runner
 from rce.detection import adaptive_evaluation
 from rce.detection import adaptive_metrics
 from rce.detection import calibration
+from rce.detection import characteristics_runner
 from rce.detection import detector_modes
 from rce.model import restored_model
 from rce.reports import detect_report
@@ -36,6 +38,7 @@ from rce.reports import table7_report
 from rce.results import result_files
 from rce.tables import attack_names
 from rce.tables import errors
+import dataset_input
 import resnet_model
 
 N_ATTACK = 50
@@ -414,3 +417,35 @@ def test_a_calibration_fitted_on_other_characteristics_is_refused(adaptive_run, 
     json.dump(summary, f)
   with pytest.raises(errors.ResultsError, match='fitted the supervised detectors on fgsm'):
     detect_report.detect(copied, 'mnist', eps_round=EPS_ROUND)
+
+
+def test_the_real_models_graph_scores_equal_the_calibrations_numpy_scores(
+    adaptive_run, shared_models, digits_test):
+  """On the CE model and its calibration images, every supervised detector's graph (and the
+  ensemble's sum of excesses) gives the scores calibrate computed the numpy way."""
+  results = adaptive_run['results']
+  kernel, kernel_summary = result_files.load_kernel_params(
+      result_files.kernel_dir('mnist', results), False, 'mnist')
+  calib = calibration.load(results, 'mnist', False, kernel, kernel_summary)
+  _, arrays = _calibration_arrays(results, 'CE')
+  images = dataset_input.load_arrays('mnist', digits_test)[0][calib.start:calib.end]
+  model = restored_model.restore(_source(shared_models['CE'], 'CE'))
+  try:
+    stats = characteristics_runner.stats_from_kernel(
+        kernel, list(model.layers), result_files.kernel_dir('mnist', results), False)
+    with model.graph.as_default():
+      graphs = adaptive_runner.DetectorGraphs(model, calib, stats, 0.05)
+      outputs = adaptive_runner.Outputs(model.images, model.feature, model.layers)
+      classes = tf.stop_gradient(tf.argmax(model.logits, axis=1, output_type=tf.int32))
+      names = list(SUPERVISED) + [ENSEMBLE]
+      tensors = [graphs.score(n, outputs, classes) for n in names]
+    got = dict(zip(names, model.sess.run(tensors, {model.images: images})))
+  finally:
+    model.close()
+  for name in SUPERVISED:
+    want = arrays['scores_' + name]
+    tolerance = 1e-4 * (want.max() - want.min()) + 1e-5  # float32 graphs, float64 numpy
+    assert np.max(np.abs(got[name] - want)) <= tolerance, name
+  excess = sum(np.maximum(arrays['scores_' + m] - calib.threshold(m, 0.05), 0.0)
+               for m in attack_names.ENSEMBLE_MEMBERS)
+  assert np.allclose(got[ENSEMBLE], excess, rtol=1e-4, atol=1e-4)

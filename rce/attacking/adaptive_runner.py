@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from attacks import adaptive
 from rce.detection import detector_graphs
+from rce.detection import supervised_detectors
 from rce.detection import supervised_graphs
 from rce.detection import supervised_scoring
 from rce.tables import attack_names
@@ -72,7 +73,7 @@ class DetectorGraphs(object):
           '--detector=%s needs the calibrated %s, which %s does not hold: the supervised '
           'detectors need test_adv.py --mode=characteristics of %s on this model, then '
           '--mode=calibrate' % (name, ', '.join(missing), self.calibration.directory,
-                                'fgsm'))
+                                supervised_detectors.TRAINED_ON))
 
   def threshold(self, name):
     return 0.0 if name == attack_names.ENSEMBLE else self.calibration.threshold(name,
