@@ -157,6 +157,9 @@ DRIVER = '''
 import signal, sys
 from rce.pipeline import scheduler
 signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+# Ctrl-C raises KeyboardInterrupt even when the test was started in the background, where
+# the shell hands its children SIGINT ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 out, pid_file = sys.argv[1], sys.argv[2]
 code = 'import os, sys, time; open(sys.argv[1], "w").write(str(os.getpid())); time.sleep(120)'
 stage = scheduler.Stage('long', (), lambda: [sys.executable, '-c', code, pid_file],
