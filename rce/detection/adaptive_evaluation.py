@@ -237,7 +237,7 @@ def evaluate(results_dir, dataset, kernel_summaries, num_classes, wb_dirs=None,
     check_supervised_fit(calib, model, fitted_on or {})
     names = scored_by(calib)
     columns = {False: collections.defaultdict(dict), True: collections.defaultdict(dict)}
-    moved = {False: collections.defaultdict(dict), True: collections.defaultdict(dict)}
+    transfer_runs = {False: collections.defaultdict(dict), True: collections.defaultdict(dict)}
     for run in model_runs:
       summary = result_files.load_verified_summary(run.directory)
       _check_run(run, summary, calib, kernel_summary)
@@ -246,7 +246,7 @@ def evaluate(results_dir, dataset, kernel_summaries, num_classes, wb_dirs=None,
             run.directory, run.detector, calib.directory))
       inputs['runs'][os.path.relpath(run.directory, results_dir)] = result_files.run_id(summary)
       for name, by_eps in _records(run, calib, summary, names).items():
-        source = moved[run.targeted][(run.column, run.detector)].setdefault(name, {})
+        source = transfer_runs[run.targeted][(run.column, run.detector)].setdefault(name, {})
         for eps, record in by_eps.items():
           source.setdefault(eps, []).append(record)
           if run.detector in (None, name):  # Table 6: oblivious for all, aware for its own
@@ -256,12 +256,12 @@ def evaluate(results_dir, dataset, kernel_summaries, num_classes, wb_dirs=None,
       for name, runs_of_detector in per_detector.items():
         cells[targeted][(name, model)] = adaptive_metrics.threat_model_columns(
             runs_of_detector)
-      if moved[targeted]:
+      if transfer_runs[targeted]:
         transfer[targeted][model] = {
             source: {name: {eps: adaptive_metrics.combine(records, source[0], eps)
                             for eps, records in by_eps.items()}
                      for name, by_eps in per_name.items()}
-            for source, per_name in moved[targeted].items()}
+            for source, per_name in transfer_runs[targeted].items()}
     if wb_dirs and model in wb_dirs:
       wb[model] = _wb_record(wb_dirs[model], calib, num_classes)
   return AdaptiveResults(cells, transfer, wb or None, inputs)

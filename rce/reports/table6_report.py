@@ -116,7 +116,7 @@ def _check_keys(cells):
             row_label(*key), eps, extra, COLUMNS))
 
 
-def _reason_notes(reasons, headers):
+def reason_notes(reasons, headers):
   """One 'n/c: reason: row (columns); ...' line per distinct reason, in order of first use."""
   by_reason = collections.OrderedDict()
   for label, header, reason in reasons:
@@ -159,7 +159,7 @@ def table6(cells, targeted, dataset=None):
       if reason:
         reasons.append((label, header, reason))
     rows.append((label, row))
-  notes = [sr_note(targeted), TIE_NOTE, WORST_CASE_NOTE] + _reason_notes(reasons, headers)
+  notes = [sr_note(targeted), TIE_NOTE, WORST_CASE_NOTE] + reason_notes(reasons, headers)
   return report_tables.Table('Table 6 (%s)' % ('targeted' if targeted else 'untargeted'),
                              [(h, '%s') for h in headers], rows, first='Detector / model',
                              notes=notes, title=title(targeted, dataset))

@@ -231,10 +231,8 @@ def table7(transfer, targeted, eps, dataset=None):
         reasons.append((label, header, reason))
     rows.append((label, row))
   # Table 6's n/c notes, so that both tables word their reasons alike
-  reason_notes = table6_report._reason_notes(  # pylint: disable=protected-access
-      reasons, headers)
   notes = [sr_note(targeted), DIAGONAL_NOTE, UNION_NOTE, ENSEMBLE_NOTE,
-           table6_report.TIE_NOTE] + reason_notes
+           table6_report.TIE_NOTE] + table6_report.reason_notes(reasons, headers)
   return report_tables.Table('Table 7 (%s, eps %g)' % (_kind(targeted), eps),
                              [(h, '%s') for h in headers], rows, first=FIRST, notes=notes,
                              title=title(targeted, eps, dataset))
